@@ -1,0 +1,1 @@
+"""Triton kernels with PyTorch twins (imported as tokenbook.kernels)."""

@@ -1,0 +1,1 @@
+"""Experiments that wire library methods to models and data, one module per chapter."""

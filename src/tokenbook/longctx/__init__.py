@@ -1,0 +1,1 @@
+"""Long-context inference methods (Part A of the book)."""

@@ -1,0 +1,80 @@
+"""The runner isolates failures, enforces time limits and never takes a half-run as a result."""
+import json
+
+import nbformat
+import pytest
+
+from tokenbook import paths, registry, runner
+
+
+def fake_chapter(tmp_path, slug, body):
+    nb = nbformat.v4.new_notebook()
+    p = nbformat.v4.new_code_cell('scale = "smoke"\noverrides = []\nseed = 0')
+    p.metadata["tags"] = ["parameters"]
+    nb.cells = [p, nbformat.v4.new_code_cell(body)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    part = tmp_path / "notebooks" / "A-long-context"
+    part.mkdir(parents=True, exist_ok=True)
+    path = part / f"99-{slug}.ipynb"
+    nbformat.write(nb, path)
+    ch = registry.Chapter(99, slug, "A-long-context", "A", "0000.00000", f"fake {slug}")
+    return ch, path
+
+
+@pytest.fixture
+def sandbox(tmp_path, monkeypatch):
+    monkeypatch.setattr(paths, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(paths, "EXECUTED", tmp_path / "executed")
+    chapters = {}
+
+    def add(slug, body):
+        ch, nb = fake_chapter(tmp_path, slug, body)
+        chapters[slug] = (ch, nb)
+        return ch
+
+    monkeypatch.setattr(registry.Chapter, "notebook", property(lambda self: chapters[self.slug][1]))
+    monkeypatch.setattr(registry.Chapter, "built", property(lambda self: True))
+    monkeypatch.setattr(registry, "get", lambda slug: chapters[slug][0])
+    return add
+
+
+@pytest.mark.slow
+def test_failures_are_isolated_and_reported(sandbox, capsys):
+    sandbox("crashes", "raise RuntimeError('boom')")
+    sandbox("never-finishes", "x = 1")
+    sandbox("sleeps", "import time\ntime.sleep(60)")
+    outcomes = runner.run_many(["crashes", "never-finishes", "sleeps"], "smoke", time_limit=12)
+    status = {o.slug: o.status for o in outcomes}
+    assert status == {"crashes": "failed", "never-finishes": "failed", "sleeps": "timeout"}
+    assert "never called run.finish()" in next(o.message for o in outcomes if o.slug == "never-finishes")
+    out = capsys.readouterr().out
+    assert "Summary (scale smoke)" in out and "0 of 3 chapters ok" in out
+    # nothing half-written is taken as a result; the failed copy is kept for debugging
+    assert not (paths.EXECUTED / "smoke" / "crashes.ipynb").exists()
+    assert (paths.EXECUTED / "smoke" / "crashes.failed.ipynb").exists()
+    assert not (paths.EXECUTED / "smoke" / "crashes.partial.ipynb").exists()
+    assert not list((paths.RESULTS).rglob("*.json"))
+
+
+def test_content_hash_tracks_what_results_depend_on():
+    ch = registry.get("prepacking")
+    base = runner.content_hash(ch, "smoke")
+    assert runner.content_hash(ch, "smoke") == base
+    assert runner.content_hash(ch, "cpu") != base
+    assert runner.content_hash(ch, "smoke", ["chapter.n_prompts=3"]) != base
+    assert runner.content_hash(ch, "smoke", seed=1) != base
+    files = {f.name for f in runner.library_files()}
+    assert {"prepacking.py", "run.py", "varlen_attention.py"} <= files
+    assert "book.py" not in files
+
+
+def test_content_hash_changes_with_the_library(tmp_path, monkeypatch):
+    ch = registry.get("prepacking")
+    before = runner.content_hash(ch, "smoke")
+    extra = tmp_path / "new_module.py"
+    extra.write_text("x = 1\n")
+    monkeypatch.setattr(runner, "library_files", lambda orig=runner.library_files: orig() + [extra])
+    changed = runner.content_hash(ch, "smoke")
+    assert changed != before
+    extra.write_text("x = 2\n")
+    assert runner.content_hash(ch, "smoke") not in (before, changed)
