@@ -43,7 +43,6 @@ import datetime as _dt
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -184,24 +183,37 @@ def padded_sdpa(qp, kp, vp):
     return F.scaled_dot_product_attention(qp, kp, vp, is_causal=True)
 
 
-def best_config(case_results, head_dim: int):
-    """The swept config with the lowest geometric mean of (its time / the case's best time)."""
-    scores = {}
-    for case in case_results:
-        if case["D"] != head_dim:
-            continue
-        timed = {c["config"]: c["ms"] for c in case["kernel"]["configs"] if c.get("ms") is not None}
-        if not timed:
-            continue
-        fastest = min(timed.values())
-        for cfg, ms in timed.items():
-            scores.setdefault(cfg, []).append(math.log(ms / fastest))
-    if not scores:
-        return None
-    n_cases = max(len(v) for v in scores.values())
-    complete = {c: v for c, v in scores.items() if len(v) == n_cases}  # ran in every case
-    cfg = min(complete, key=lambda c: sum(complete[c]))
-    return dict(config=_config_dict(cfg), slowdown_geomean=math.exp(sum(complete[cfg]) / n_cases))
+def config_name(cfg) -> str:
+    """(block_m, block_n, num_warps, num_stages) -> "64x64-w4-s3"."""
+    return "{}x{}-w{}-s{}".format(*cfg)
+
+
+def rank_configs(sweep_rows) -> list[dict]:
+    """Rank swept configs per head dim by the geometric mean of (their time / the case's best).
+
+    ``sweep_rows``: dicts with ``case``, ``D``, ``config`` and ``ms`` (None when it failed).
+    A config that failed in any case ranks after those that ran everywhere.
+    """
+    ranking = []
+    for D in sorted({r["D"] for r in sweep_rows}):
+        rows = [r for r in sweep_rows if r["D"] == D]
+        cases = list(dict.fromkeys(r["case"] for r in rows))
+        fastest = {c: min((r["ms"] for r in rows if r["case"] == c and r["ms"] is not None), default=None)
+                   for c in cases}
+        per_config = []
+        for cfg in dict.fromkeys(r["config"] for r in rows):
+            mine = [r for r in rows if r["config"] == cfg]
+            logs = [math.log(r["ms"] / fastest[r["case"]]) for r in mine if r["ms"] is not None]
+            launch = {k: mine[0][k] for k in ("block_m", "block_n", "num_warps", "num_stages") if k in mine[0]}
+            per_config.append(dict(
+                D=D, config=cfg, **launch, slowdown_geomean=math.exp(sum(logs) / len(logs)) if logs else None,
+                wins=sum(1 for r in mine if r["ms"] is not None and r["ms"] == fastest[r["case"]]),
+                cases_timed=len(logs), cases_failed=len(mine) - len(logs)))
+        per_config.sort(key=lambda r: (r["cases_failed"] > 0, r["slowdown_geomean"] is None,
+                                       r["slowdown_geomean"] or 0.0))
+        for rank, row in enumerate(per_config, 1):
+            ranking.append(dict(rank=rank, **row))
+    return ranking
 
 
 def _config_dict(cfg) -> dict:
@@ -247,107 +259,111 @@ def _sdpa_backend(name: str):
 
 def run_case(group, kind, target_ratio, total, *, device, dtype=torch.bfloat16, mean_len=MEAN_LEN,
              configs=None, sdpa_backends=("flash", "cudnn"), warmup=5, reps=20, seed=0):
-    """Time the kernel (each config) and the baselines on one length mix; return a dict."""
+    """Time the kernel (each config) and the baselines on one length mix.
+
+    Returns (row, sweep): one flat summary row for the case, and one row per kernel config.
+    """
     from torch.nn.attention import sdpa_kernel
 
     from .varlen_attention import default_config, varlen_attention
 
     name, Hq, Hkv, D = group
     lengths = make_length_mix(kind, total, mean_len, target_ratio, seed=seed)
-    T, max_len = sum(lengths), max(lengths)
+    T, max_len, S = sum(lengths), max(lengths), len(lengths)
     cu = cu_seqlens_from_lengths(lengths, device)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     q, k, v = (torch.randn(T, h, D, generator=gen, dtype=torch.float32).to(device=device, dtype=dtype)
                for h in (Hq, Hkv, Hkv))
     useful = attention_flops(lengths, Hq, D)
     tflops = lambda ms: useful / (ms * 1e-3) / 1e12  # noqa: E731
-    case = dict(group=name, Hq=Hq, Hkv=Hkv, D=D, dtype=str(dtype).removeprefix("torch."),
-                mix=kind, target_max_over_mean=target_ratio, total_tokens=T, num_seqs=len(lengths),
-                max_len=max_len, mean_len=T / len(lengths), max_over_mean=max_len * len(lengths) / T,
-                useful_flops=useful,
-                padded_flops=attention_flops([max_len] * len(lengths), Hq, D))
+    mix = kind if kind in ("equal", "uniform") else f"{kind}-{target_ratio:g}"
+    case_id = f"{name}/{mix}/T{T}"
+    row = dict(case=case_id, group=name, Hq=Hq, Hkv=Hkv, D=D, mix=mix, total_tokens=T, seqs=S,
+               max_len=max_len, max_over_mean=max_len * S / T, useful_tflop=useful / 1e12,
+               padded_work_ratio=attention_flops([max_len] * S, Hq, D) / useful)
+    errors = []
 
-    # Kernel: every config, checked against the default config's output.
+    # Kernel: every config; each one's output is checked against the default config's.
     default = default_config(D)
     default_cfg = (default["block_m"], default["block_n"], default["num_warps"], default["num_stages"])
-    sweep = list(dict.fromkeys([default_cfg] + list(configs if configs is not None else SWEEP.get(D, []))))
+    swept = list(dict.fromkeys([default_cfg] + list(configs if configs is not None else SWEEP.get(D, []))))
     kernel_out = varlen_attention(q, k, v, cu, max_len, backend="triton")
-    rows = []
-    for cfg in sweep:
+    sweep = []
+    for cfg in swept:
         kw = _config_dict(cfg)
-        row = dict(config=cfg, **kw)
+        entry = dict(case=case_id, D=D, config=config_name(cfg), **kw, ms=None, tflops=None, error="")
         try:
             out = varlen_attention(q, k, v, cu, max_len, backend="triton", **kw)
-            row["max_abs_diff_vs_default"] = (out.float() - kernel_out.float()).abs().max().item()
-            if not row["max_abs_diff_vs_default"] <= BF16_MAX_ABS_DIFF:
-                row["error"] = "output differs from the default config"
+            diff = (out.float() - kernel_out.float()).abs().max().item()
+            del out
+            if not diff <= BF16_MAX_ABS_DIFF:
+                entry["error"] = f"output differs from the default config by {diff:.3g}"
             else:
-                row["ms"] = time_ms(lambda: varlen_attention(q, k, v, cu, max_len, backend="triton", **kw),
-                                    device, warmup, reps)
-                row["tflops"] = tflops(row["ms"])
+                entry["ms"] = time_ms(lambda: varlen_attention(q, k, v, cu, max_len, backend="triton", **kw),
+                                      device, warmup, reps)
+                entry["tflops"] = tflops(entry["ms"])
         except Exception as exc:  # e.g. out of shared memory for a large tile
-            row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
-        rows.append(row)
+            entry["error"] = _short(exc)
+        sweep.append(entry)
         _free(device)
-    timed = [r for r in rows if "ms" in r]
-    best = min(timed, key=lambda r: r["ms"]) if timed else None
-    default_row = rows[0]
-    case["kernel"] = dict(default_config=_config_dict(default_cfg), default_ms=default_row.get("ms"),
-                          default_tflops=default_row.get("tflops"),
-                          best_config=_config_dict(best["config"]) if best else None,
-                          best_ms=best["ms"] if best else None, best_tflops=best["tflops"] if best else None,
-                          configs=rows)
+    timed = [e for e in sweep if e["ms"] is not None]
+    best = min(timed, key=lambda e: e["ms"]) if timed else None
+    row.update(triton_ms=best["ms"] if best else None, triton_tflops=best["tflops"] if best else None,
+               triton_config=best["config"] if best else None, triton_default_ms=sweep[0]["ms"])
+    errors += [f"{e['config']}: {e['error']}" for e in sweep if e["error"]]
 
-    # Baselines.
-    baselines = {}
+    # Baselines, each checked against the kernel's output once before it is timed.
     qp, kp, vp = build_padded_batch(q, k, v, cu, max_len)
     group_size = Hq // Hkv
     per_seq = []
-    for a, b in zip(cu.tolist()[:-1], cu.tolist()[1:]):
-        qs = q[a:b].transpose(0, 1).unsqueeze(0).contiguous()
-        ks = k[a:b].repeat_interleave(group_size, dim=1).transpose(0, 1).unsqueeze(0).contiguous()
-        vs = v[a:b].repeat_interleave(group_size, dim=1).transpose(0, 1).unsqueeze(0).contiguous()
-        per_seq.append((qs, ks, vs))
+    bounds = cu.tolist()
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        per_seq.append(tuple(
+            t[a:b].repeat_interleave(r, dim=1).transpose(0, 1).unsqueeze(0).contiguous()
+            for t, r in ((q, 1), (k, group_size), (v, group_size))))
 
     def loop():
         return [F.scaled_dot_product_attention(qs, ks, vs, is_causal=True) for qs, ks, vs in per_seq]
 
+    def loop_packed(outs):
+        return torch.cat([o[0].transpose(0, 1) for o in outs])
+
+    baseline_ms, agree = {}, []
     for backend in sdpa_backends:
-        for layout, fn, to_packed in (
-            ("padded", lambda: padded_sdpa(qp, kp, vp), lambda o: unpad(o, cu)),
-            ("loop", loop, lambda outs: torch.cat([o[0].transpose(0, 1) for o in outs])),
-        ):
-            key = f"{layout}-sdpa-{backend}"
-            entry = {}
+        for layout, fn, to_packed in (("padded", lambda: padded_sdpa(qp, kp, vp), lambda o: unpad(o, cu)),
+                                      ("loop", loop, loop_packed)):
+            key = f"{layout}_{backend}"
+            row[f"{key}_ms"] = None
             try:
                 with sdpa_kernel(_sdpa_backend(backend)):
-                    out = to_packed(fn())
-                    entry["max_abs_diff_vs_kernel"] = (out.float() - kernel_out.float()).abs().max().item()
-                    del out
-                    entry["ms"] = time_ms(fn, device, warmup, reps)
-                entry["tflops"] = tflops(entry["ms"])
-                entry["agrees_with_kernel"] = entry["max_abs_diff_vs_kernel"] <= BF16_MAX_ABS_DIFF
+                    diff = (to_packed(fn()).float() - kernel_out.float()).abs().max().item()
+                    agree.append(diff <= BF16_MAX_ABS_DIFF)
+                    if not agree[-1]:
+                        errors.append(f"{key} differs from the kernel by {diff:.3g}")
+                    row[f"{key}_ms"] = baseline_ms[key] = time_ms(fn, device, warmup, reps)
             except Exception as exc:  # a backend that cannot take this shape or device
-                entry = dict(error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
-            baselines[key] = entry
+                errors.append(f"{key}: {_short(exc)}")
             _free(device)
     del qp, kp, vp, per_seq
     _free(device)
-    case["baselines"] = baselines
 
-    timed_base = {n: e["ms"] for n, e in baselines.items() if "ms" in e}
-    padded = {n: ms for n, ms in timed_base.items() if n.startswith("padded")}
-    if best and timed_base:
-        best_name = min(timed_base, key=timed_base.get)
-        case["best_baseline"] = best_name
-        case["speedup_vs_best_baseline"] = timed_base[best_name] / best["ms"]
-        if default_row.get("ms"):
-            case["speedup_vs_best_baseline_default_config"] = timed_base[best_name] / default_row["ms"]
-    if best and padded:
-        best_padded = min(padded, key=padded.get)
-        case["best_padded"] = best_padded
-        case["speedup_vs_best_padded"] = padded[best_padded] / best["ms"]
-    return case
+    row["baselines_agree_with_kernel"] = bool(agree) and all(agree)
+    if best and baseline_ms:
+        best_name = min(baseline_ms, key=baseline_ms.get)
+        row.update(best_baseline=best_name, best_baseline_ms=baseline_ms[best_name],
+                   best_baseline_tflops=tflops(baseline_ms[best_name]),
+                   speedup_vs_best_baseline=baseline_ms[best_name] / best["ms"])
+        padded = {n: ms for n, ms in baseline_ms.items() if n.startswith("padded")}
+        if padded:
+            best_padded = min(padded, key=padded.get)
+            row.update(best_padded=best_padded, speedup_vs_best_padded=padded[best_padded] / best["ms"])
+    row["errors"] = "; ".join(errors)
+    return row, sweep
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200] if text else ''}"
 
 
 def _free(device):
@@ -357,43 +373,36 @@ def _free(device):
 
 def run_benchmark(*, device, groups=GROUPS, mixes=MIXES, totals=TOTALS, mean_len=MEAN_LEN,
                   configs=None, sdpa_backends=("flash", "cudnn"), warmup=5, reps=20, seed=0, log=print):
-    """All cases; returns the results dict (without provenance)."""
-    cases = []
+    """All cases. Returns flat tables: cases, config_ranking, best_config, target."""
+    cases, sweep = [], []
     for group in groups:
         for total in totals:
             for kind, ratio in mixes:
                 t0 = time.perf_counter()
-                case = run_case(group, kind, ratio, total, device=device, mean_len=mean_len,
-                                configs=configs, sdpa_backends=sdpa_backends, warmup=warmup,
-                                reps=reps, seed=seed)
-                cases.append(case)
-                log(_case_line(case, time.perf_counter() - t0))
-    head_dims = sorted({c["D"] for c in cases})
-    target_cases = [c for c in cases if c["mix"] == "lognormal" and c["target_max_over_mean"] == 4.0
-                    and "speedup_vs_best_padded" in c]
-    return dict(
-        cases=cases,
-        best_config={str(d): best_config(cases, d) for d in head_dims},
-        target=dict(
-            statement="packed attention >= 2x faster than padded SDPA when the longest prompt is 4x the mean",
-            measured=[dict(group=c["group"], total_tokens=c["total_tokens"], max_over_mean=c["max_over_mean"],
-                           speedup_vs_best_padded=c["speedup_vs_best_padded"], best_padded=c["best_padded"],
-                           met=c["speedup_vs_best_padded"] >= 2.0) for c in target_cases],
-        ),
-    )
+                row, rows = run_case(group, kind, ratio, total, device=device, mean_len=mean_len,
+                                     configs=configs, sdpa_backends=sdpa_backends, warmup=warmup,
+                                     reps=reps, seed=seed)
+                cases.append(row)
+                sweep += rows
+                log(_case_line(row, time.perf_counter() - t0))
+    ranking = rank_configs(sweep)
+    best = [{k: v for k, v in r.items() if k != "rank"} for r in ranking if r["rank"] == 1]
+    target = [dict(case=c["case"], max_over_mean=c["max_over_mean"], best_padded=c.get("best_padded"),
+                   speedup_vs_best_padded=c.get("speedup_vs_best_padded"),
+                   met=(c.get("speedup_vs_best_padded") or 0.0) >= 2.0)
+              for c in cases if c["mix"] == "lognormal-4"]
+    return dict(cases=cases, config_ranking=ranking, best_config=best, target=target)
 
 
-def _case_line(case, seconds) -> str:
-    k = case["kernel"]
-    base = case.get("best_baseline", "-")
-    parts = [f"{case['group']:>13} {case['mix']:>9} r={case['max_over_mean']:4.1f} T={case['total_tokens']:>6}"]
-    if k["best_ms"] is not None:
-        parts.append(f"triton {k['best_ms']:8.3f} ms {k['best_tflops']:6.1f} TF/s")
-    for name, e in case["baselines"].items():
-        parts.append(f"{name} {e['ms']:8.3f}" if "ms" in e else f"{name} n/a")
-    if "speedup_vs_best_baseline" in case:
-        parts.append(f"x{case['speedup_vs_best_baseline']:.2f} vs {base}")
-    parts.append(f"({seconds:.1f} s)")
+def _case_line(row, seconds) -> str:
+    parts = [f"{row['case']:<34} max/mean {row['max_over_mean']:4.1f}"]
+    if row["triton_ms"] is not None:
+        parts.append(f"triton {row['triton_ms']:8.3f} ms {row['triton_tflops']:6.1f} TF/s ({row['triton_config']})")
+    parts += [f"{k[:-3]} {v:8.3f}" if v is not None else f"{k[:-3]} n/a"
+              for k, v in row.items() if k.endswith("_ms") and k.split("_")[0] in ("padded", "loop")]
+    if "speedup_vs_best_baseline" in row:
+        parts.append(f"x{row['speedup_vs_best_baseline']:.2f} vs {row['best_baseline']}")
+    parts.append(f"{seconds:.1f} s")
     return " | ".join(parts)
 
 
@@ -402,58 +411,51 @@ def _case_line(case, seconds) -> str:
 # ----------------------------------------------------------------------------------------------
 
 def provenance(device) -> dict:
+    """Git commit and dirty flag, versions and hardware (tokenbook.provenance), plus GPU details."""
     import triton
 
-    def git(*args):
-        try:
-            return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
-                                  timeout=30).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
+    from tokenbook import provenance as prov
 
-    commit = git("rev-parse", "HEAD") or "unknown"
-    hardware = dict(device=str(device), cpu=platform.processor() or platform.machine())
+    info = prov.collect()
+    info["versions"].update(torch=torch.__version__, triton=triton.__version__, cuda=torch.version.cuda,
+                            cudnn=torch.backends.cudnn.version())
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        hardware.update(name=props.name, sm_count=props.multi_processor_count,
-                        memory_gib=round(props.total_memory / 2**30, 1))
-    return dict(
-        hardware=hardware,
-        versions=dict(python=platform.python_version(), torch=torch.__version__, triton=triton.__version__,
-                      cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(), numpy=np.__version__),
-        git=dict(commit=commit, dirty=bool(git("status", "--porcelain")) if commit != "unknown" else None),
-        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        host=platform.node(),
-    )
+        info["hardware"].update(gpu=props.name, gpu_sm_count=props.multi_processor_count,
+                                gpu_memory_gib=round(props.total_memory / 2**30, 1))
+    info["created_utc"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return info
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(tmp, path)
 
 
-def plot(results: dict, path: Path) -> None:
-    """Grouped bars of useful TFLOP/s per case: kernel (best config) and each baseline."""
+def plot(cases: list[dict], path: Path) -> None:
+    """Useful TFLOP/s per case, one panel per (head layout, total tokens): kernel vs baselines."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cases = results["cases"]
     panels = list(dict.fromkeys((c["group"], c["total_tokens"]) for c in cases))
     fig, axes = plt.subplots(len(panels), 1, figsize=(11, 3.2 * len(panels)), squeeze=False)
     for ax, (group, total) in zip(axes[:, 0], panels):
         rows = [c for c in cases if c["group"] == group and c["total_tokens"] == total]
-        series = {"triton varlen (best cfg)": [c["kernel"]["best_tflops"] for c in rows]}
-        for name in dict.fromkeys(n for c in rows for n in c["baselines"]):
-            series[name] = [c["baselines"].get(name, {}).get("tflops") for c in rows]
+        names = list(dict.fromkeys(k[:-3] for c in rows for k in c
+                                   if k.endswith("_ms") and k.split("_")[0] in ("padded", "loop")))
+        series = {"triton varlen (best config)": [c["triton_tflops"] for c in rows]}
+        for name in names:
+            series[f"SDPA {name.replace('_', ' ')}"] = [
+                c["useful_tflop"] / (c[f"{name}_ms"] * 1e-3) if c.get(f"{name}_ms") else None for c in rows]
         width = 0.8 / len(series)
         for i, (label, values) in enumerate(series.items()):
             xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(rows))]
             ax.bar(xs, [v or 0.0 for v in values], width, label=label)
         for j, c in enumerate(rows):
-            if "speedup_vs_best_baseline" in c:
+            if c.get("speedup_vs_best_baseline"):
                 top = max(vals[j] or 0.0 for vals in series.values())
                 ax.text(j, top * 1.02, f"x{c['speedup_vs_best_baseline']:.2f}", ha="center", fontsize=8)
         highest = max((v or 0.0 for vals in series.values() for v in vals), default=0.0)
@@ -461,9 +463,7 @@ def plot(results: dict, path: Path) -> None:
         ax.set_xticks(range(len(rows)))
         ax.set_xticklabels([f"{c['mix']}\nmax/mean {c['max_over_mean']:.1f}" for c in rows], fontsize=8)
         ax.set_ylabel("useful TFLOP/s")
-        ax.set_title(f"{group}, {total} tokens, {rows[0]['dtype']} "
-                     "(x = speedup of the kernel's best config vs the best baseline)",
-                     fontsize=9)
+        ax.set_title(f"{group}, {total} tokens (x = kernel's best config vs the best baseline)", fontsize=9)
         ax.legend(fontsize=7, ncol=3, loc="upper left")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -474,7 +474,7 @@ def plot(results: dict, path: Path) -> None:
 
 
 def run_tests(timeout_s: int = 1800) -> tuple[bool, str]:
-    """Run this op's tests on the GPU in a subprocess; return (passed, summary)."""
+    """Run this op's tests on the GPU in a subprocess; return (passed, summary or failure output)."""
     test_file = REPO_ROOT / TEST_FILE
     if not test_file.exists():
         return False, f"test file not found: {test_file}"
@@ -484,14 +484,13 @@ def run_tests(timeout_s: int = 1800) -> tuple[bool, str]:
     try:
         proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        return False, f"tests timed out after {timeout_s} s"
+        return False, f"the tests did not finish within {timeout_s} s"
     output = (proc.stdout + proc.stderr).strip()
     if "No module named pytest" in output:
-        return False, "pytest is not installed in this Python; the tests must pass before a speedup is reported"
-    summary = output.splitlines()[-1] if output else ""
+        return False, f"pytest is not installed for {sys.executable}"
     if proc.returncode != 0:
         return False, output[-4000:]
-    return True, summary
+    return True, output.splitlines()[-1] if output else ""
 
 
 def main(argv=None) -> int:
@@ -499,8 +498,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=Path("results/bench"), help="output folder")
     parser.add_argument("--quick", action="store_true",
                         help="one head layout (mha-d128), 16k tokens, lognormal max/mean 4 only")
-    parser.add_argument("--reps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--reps", type=int, default=20, help="timed calls per measurement (median)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed calls before each measurement")
     args = parser.parse_args(argv)
 
     if not torch.cuda.is_available():
@@ -508,14 +507,14 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-        print("bench_varlen_attention: unset TRITON_INTERPRET; the interpreter cannot be benchmarked.",
+        print("bench_varlen_attention: TRITON_INTERPRET is set; unset it (the interpreter is not timed).",
               file=sys.stderr)
         return 2
 
-    print(f"running the tests on the GPU: {TEST_FILE}", flush=True)
+    print(f"running {TEST_FILE} on the GPU first", flush=True)
     passed, summary = run_tests()
     if not passed:
-        print(f"tests failed, so no speedup is reported:\n{summary}", file=sys.stderr)
+        print(f"bench_varlen_attention: the tests failed, so nothing is reported.\n{summary}", file=sys.stderr)
         return 1
     print(f"tests passed: {summary}", flush=True)
 
@@ -526,30 +525,39 @@ def main(argv=None) -> int:
                                 warmup=args.warmup, reps=args.reps)
     else:
         results = run_benchmark(device=device, warmup=args.warmup, reps=args.reps)
+    info = provenance(device)
+    target = results["target"]
     data = dict(
-        op=OP, **provenance(device),
-        tests=dict(file=str(TEST_FILE), passed=True, summary=summary),
-        dtype="bfloat16", flop_formula=FLOP_FORMULA,
-        timing=dict(method="CUDA events around each call, median of repeats", warmup=args.warmup, reps=args.reps,
-                    notes=["padded SDPA: only the SDPA call is timed (padding copies excluded)",
-                           "loop SDPA: per-sequence contiguous inputs built before timing",
-                           "GQA baselines read KV heads expanded to Hq",
-                           "kernel 'best' is the fastest swept config on the same measurements"]),
-        quick=args.quick, wall_s=None, **results,
+        op=OP,
+        gpu=info["hardware"].get("gpu"),
+        torch=torch.__version__, triton=info["versions"]["triton"], cuda=torch.version.cuda,
+        git_commit=info["git_commit"], git_dirty=info["git_dirty"],
+        tests_pass=True, tests_summary=summary,
+        dtype="bfloat16", quick=args.quick,
+        flop_formula=FLOP_FORMULA,
+        timing=(f"CUDA events around each call, median of {args.reps} after {args.warmup} warm-up calls; "
+                "padded SDPA times the SDPA call only (padding copies excluded); the loop times per-sequence "
+                "calls on inputs built beforehand; GQA baselines read KV heads expanded to Hq; the kernel's "
+                "figure is its fastest swept config in that case"),
+        target_statement="packed attention >= 2x faster than padded SDPA when the longest prompt is 4x the mean",
+        target_met=all(t["met"] for t in target) if target else None,
+        wall_s=round(time.perf_counter() - t0, 1),
+        **results,
+        provenance=info,
     )
-    data["wall_s"] = round(time.perf_counter() - t0, 1)
     out_json = args.out / f"{OP}.json"
     write_json_atomic(out_json, data)
     print(f"wrote {out_json}")
     try:
-        plot(data, args.out / f"{OP}.png")
+        plot(results["cases"], args.out / f"{OP}.png")
         print(f"wrote {args.out / (OP + '.png')}")
     except ImportError as exc:
-        print(f"no plot ({exc})", file=sys.stderr)
-    for t in data["target"]["measured"]:
-        print(f"target ({data['target']['statement']}): {t['group']} T={t['total_tokens']} "
-              f"max/mean {t['max_over_mean']:.2f}: x{t['speedup_vs_best_padded']:.2f} vs {t['best_padded']} "
-              f"-> {'met' if t['met'] else 'not met'}")
+        print(f"no plot: {exc}", file=sys.stderr)
+    for t in target:
+        speedup = t["speedup_vs_best_padded"]
+        print(f"target ({data['target_statement']}): {t['case']} max/mean {t['max_over_mean']:.2f}: "
+              + (f"x{speedup:.2f} vs {t['best_padded']} -> {'met' if t['met'] else 'not met'}"
+                 if speedup else "no padded baseline ran"))
     return 0
 
 

@@ -36,7 +36,7 @@ Example (runs on CPU through the PyTorch twin; on CUDA tensors the Triton kernel
 
 The kernel
 ----------
-One program per (query block of ``BLOCK_M`` rows, sequence, query head). It loads its query
+One program per (query block of ``BLOCK_M`` rows, query head, sequence). It loads its query
 block once, then streams the key/value blocks of the same sequence, keeping a running max and
 sum (online softmax, in base 2: ``scale * log2(e)`` is folded into the scores so ``exp2`` can
 be used) and an fp32 accumulator. The loop bound over key blocks is computed in the kernel from
@@ -49,6 +49,7 @@ last block to the first so the longest causal rows start first.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -116,10 +117,12 @@ def _varlen_attention_fwd_kernel(
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr, INTERPRETER_BF16: tl.constexpr,
 ):
-    # Last query block first: with a causal mask it has the most key blocks to visit.
+    # Last query block first: with a causal mask it has the most key blocks to visit. Heads are
+    # the middle grid axis so the query heads that share a KV head run close together in time and
+    # find that KV head's tiles in L2.
     m_block = tl.num_programs(0) - 1 - tl.program_id(0)
-    seq = tl.program_id(1)
-    head = tl.program_id(2)
+    head = tl.program_id(1)
+    seq = tl.program_id(2)
 
     # int64 offsets: T * H * D can pass 2**31 at long contexts.
     start = tl.load(CuSeqlens + seq).to(tl.int64)
@@ -317,14 +320,16 @@ def varlen_attention(
     S = cu_seqlens.numel() - 1
     if S > 65535:
         raise ValueError(f"at most 65535 sequences per call (a CUDA grid-axis limit), got S={S}")
-    grid = (triton.cdiv(max_seqlen, config["block_m"]), S, Hq)
-    _varlen_attention_fwd_kernel[grid](
-        q, k, v, out, cu_seqlens, float(scale) * _LOG2_E,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1),
-        v.stride(0), v.stride(1), out.stride(0), out.stride(1),
-        GROUP=Hq // k.shape[1], HEAD_DIM=D, BLOCK_M=config["block_m"], BLOCK_N=config["block_n"],
-        CAUSAL=bool(causal), DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        INTERPRETER_BF16=_KERNEL_IS_INTERPRETED and q.dtype == torch.bfloat16,
-        num_warps=config["num_warps"], num_stages=config["num_stages"],
-    )
+    grid = (triton.cdiv(max_seqlen, config["block_m"]), Hq, S)
+    # Triton launches on the current CUDA device; make that q's device.
+    with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
+        _varlen_attention_fwd_kernel[grid](
+            q, k, v, out, cu_seqlens, float(scale) * _LOG2_E,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1),
+            v.stride(0), v.stride(1), out.stride(0), out.stride(1),
+            GROUP=Hq // k.shape[1], HEAD_DIM=D, BLOCK_M=config["block_m"], BLOCK_N=config["block_n"],
+            CAUSAL=bool(causal), DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+            INTERPRETER_BF16=_KERNEL_IS_INTERPRETED and q.dtype == torch.bfloat16,
+            num_warps=config["num_warps"], num_stages=config["num_stages"],
+        )
     return out

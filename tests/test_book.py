@@ -19,7 +19,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from tokenbook import book, registry, results, runner
+from tokenbook import book, paths, registry, results, runner
 
 CHROMIUM = Path("/usr/bin/chromium")
 SLUG = "prepacking"
@@ -78,7 +78,9 @@ def fixture_result(scale: str, content_hash: str | None) -> dict:
                        "versions": {"python": "3.11", "torch": "2.11"},
                        "hardware": {"cpu": "Test CPU", "gpu": None, "torch_threads": 2},
                        "device": "cpu", "dtype": "float32", "started_utc": "2025-01-01T00:00:00+00:00",
-                       "wall_time_s": 42.5, "content_hash": content_hash},
+                       "wall_time_s": 42.5, "content_hash": content_hash,
+                       # the library files "this run" used, as they are now: fresh on that count
+                       "library": runner.library_hashes([paths.ROOT / "src" / "tokenbook" / "longctx" / "prepacking.py"])},
     }
     results.validate(doc)
     return doc

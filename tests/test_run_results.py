@@ -34,6 +34,7 @@ def test_run_writes_a_schema_valid_results_file(tmp_results, monkeypatch):
     assert doc["overrides"] == ["chapter.n_prompts=3"] and doc["seed"] == 7
     assert doc["config"]["chapter"]["n_prompts"] == 3
     assert doc["provenance"]["versions"]["torch"]
+    assert "src/tokenbook/run.py" in doc["provenance"]["library"]      # what this run imported
     assert [c["verdict"] for c in doc["claims"]] == [v1, v2, v3]
 
 

@@ -56,25 +56,32 @@ def test_failures_are_isolated_and_reported(sandbox, capsys):
     assert not list((paths.RESULTS).rglob("*.json"))
 
 
-def test_content_hash_tracks_what_results_depend_on():
+def test_content_hash_tracks_the_chapter_inputs():
     ch = registry.get("prepacking")
     base = runner.content_hash(ch, "smoke")
     assert runner.content_hash(ch, "smoke") == base
     assert runner.content_hash(ch, "cpu") != base
     assert runner.content_hash(ch, "smoke", ["chapter.n_prompts=3"]) != base
     assert runner.content_hash(ch, "smoke", seed=1) != base
-    files = {f.name for f in runner.library_files()}
-    assert {"prepacking.py", "run.py", "varlen_attention.py"} <= files
-    assert "book.py" not in files
 
 
-def test_content_hash_changes_with_the_library(tmp_path, monkeypatch):
-    ch = registry.get("prepacking")
-    before = runner.content_hash(ch, "smoke")
-    extra = tmp_path / "new_module.py"
-    extra.write_text("x = 1\n")
-    monkeypatch.setattr(runner, "library_files", lambda orig=runner.library_files: orig() + [extra])
-    changed = runner.content_hash(ch, "smoke")
-    assert changed != before
-    extra.write_text("x = 2\n")
-    assert runner.content_hash(ch, "smoke") not in (before, changed)
+def test_freshness_follows_the_library_files_a_run_imported(tmp_path, monkeypatch):
+    monkeypatch.setattr(paths, "ROOT", tmp_path)
+    lib = tmp_path / "src" / "tokenbook"
+    lib.mkdir(parents=True)
+    used, unused = lib / "used.py", lib / "unused.py"
+    used.write_text("x = 1\n")
+    unused.write_text("y = 1\n")
+    outside = tmp_path / "elsewhere.py"
+    outside.write_text("z = 1\n")
+    record = runner.library_hashes([used, outside])
+    assert list(record) == ["src/tokenbook/used.py"]          # only library files are recorded
+    doc = {"provenance": {"library": record}}
+    assert runner.library_changes(doc) == []
+    unused.write_text("y = 2\n")                              # a module the run never imported
+    assert runner.library_changes(doc) == []
+    used.write_text("x = 2\n")                                # a module it did import
+    assert runner.library_changes(doc) == ["src/tokenbook/used.py"]
+    used.unlink()
+    assert runner.library_changes(doc) == ["src/tokenbook/used.py"]
+    assert runner.library_changes({"provenance": {}}) == ["<no library record>"]

@@ -63,15 +63,9 @@ def _load_result(results_dir: Path, ch: registry.Chapter, scale: str) -> ScaleRe
         _results.validate(doc)
     except Exception as err:  # a broken file is shown as broken, never silently dropped
         return ScaleResult(scale, None, problem=f"invalid results file: {str(err).splitlines()[0]}")
-    overrides, seed = doc.get("overrides", []), doc.get("seed", 0)
-    want = runner.content_hash(ch, scale, overrides, seed)
-    have = doc["provenance"].get("content_hash")
-    if have is None:
-        return ScaleResult(scale, doc, True, "written outside the runner (no content hash), so it cannot be "
-                                             "matched to the current notebook, config and library")
-    if have != want:
-        return ScaleResult(scale, doc, True, "the notebook, config, library, data registry or pins changed "
-                                             "since this result was written")
+    fresh, why = runner.freshness(ch, scale, doc)
+    if not fresh:
+        return ScaleResult(scale, doc, True, why)
     return ScaleResult(scale, doc)
 
 

@@ -95,10 +95,15 @@ class Run:
         """Write the results file atomically; a run that never reaches here leaves no result."""
         if not self._claims:
             raise RuntimeError("run.finish(): no claim was checked; every chapter checks at least one")
+        import sys
+        from .runner import library_hashes
         prov = provenance.collect()
         prov.update(device=self.device, dtype=self.dtype, started_utc=self._started,
                     wall_time_s=round(time.perf_counter() - self._t0, 3),
-                    content_hash=os.environ.get("TOKENBOOK_CONTENT_HASH"))
+                    content_hash=os.environ.get("TOKENBOOK_CONTENT_HASH"),
+                    # the library files this run actually imported: a later change to any of them
+                    # (and only to them) makes this result stale
+                    library=library_hashes(getattr(m, "__file__", None) or "" for m in list(sys.modules.values())))
         c = self.chapter
         doc = {"schema_version": 1,
                "chapter": {"n": c.n, "slug": c.slug, "part": c.part, "title": c.title, "arxiv": c.arxiv},

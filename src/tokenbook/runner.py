@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from . import config as _config, paths, registry
 
@@ -28,23 +29,15 @@ class Outcome:
     message: str = ""
 
 
-# Modules that build the book or drive the runner cannot change a chapter's results.
-NOT_HASHED = {"book.py", "cli.py", "__main__.py", "runner.py"}
-
-
-def library_files() -> list:
-    files = sorted(p for p in (paths.ROOT / "src" / "tokenbook").rglob("*.py")
-                   if p.relative_to(paths.ROOT / "src" / "tokenbook").as_posix() not in NOT_HASHED)
-    files += sorted((paths.ROOT / "src" / "tokenbook").rglob("*.json"))
-    files += sorted((paths.ROOT / "kernels").rglob("*.py"))
-    return files
-
-
 def content_hash(ch: registry.Chapter, scale: str, overrides=(), seed: int = 0) -> str:
-    """sha256 over everything a chapter's results depend on."""
+    """sha256 over a chapter's inputs: notebook, configs, data registry, pins and parameters.
+
+    Library code is tracked separately and precisely: a finished run records the hash of every
+    tokenbook module it imported (provenance.library), see `freshness`.
+    """
     h = hashlib.sha256()
     h.update(json.dumps({"slug": ch.slug, "scale": scale, "overrides": list(overrides), "seed": seed}).encode())
-    files = [ch.notebook] + _config.config_files(ch.slug, scale) + library_files()
+    files = [ch.notebook] + _config.config_files(ch.slug, scale)
     files += [paths.DATA / "registry.yaml", paths.ROOT / "requirements.txt"]
     for f in files:
         h.update(_name(f).encode())
@@ -52,9 +45,46 @@ def content_hash(ch: registry.Chapter, scale: str, overrides=(), seed: int = 0) 
     return h.hexdigest()
 
 
+def library_hashes(module_files) -> dict[str, str]:
+    """{repo-relative path: sha256} for the files among module_files that belong to the library."""
+    roots = (paths.ROOT / "src" / "tokenbook", paths.ROOT / "kernels")
+    out = {}
+    for f in module_files:
+        f = Path(f).resolve()
+        if f.suffix == ".py" and any(f.is_relative_to(r) for r in roots) and f.exists():
+            out[_name(f)] = hashlib.sha256(f.read_bytes()).hexdigest()
+    return dict(sorted(out.items()))
+
+
+def library_changes(doc: dict) -> list[str]:
+    """Library files a result was computed with that have changed (or vanished) since."""
+    recorded = doc.get("provenance", {}).get("library")
+    if not recorded:
+        return ["<no library record>"]
+    changed = []
+    for rel, digest in recorded.items():
+        f = paths.ROOT / rel
+        if not f.exists() or hashlib.sha256(f.read_bytes()).hexdigest() != digest:
+            changed.append(rel)
+    return changed
+
+
+def freshness(ch: registry.Chapter, scale: str, doc: dict) -> tuple[bool, str]:
+    """Is this result what running the chapter now would compute? (fresh, reason if not)"""
+    have = doc.get("provenance", {}).get("content_hash")
+    if have is None:
+        return False, "written outside the runner (no content hash)"
+    if have != content_hash(ch, scale, doc.get("overrides", []), doc.get("seed", 0)):
+        return False, "the notebook, configs, data registry or pins changed since this run"
+    changed = library_changes(doc)
+    if changed:
+        return False, "library code it used changed since this run: " + ", ".join(changed[:5])
+    return True, ""
+
+
 def _name(f) -> str:
     try:
-        return f.relative_to(paths.ROOT).as_posix()
+        return Path(f).relative_to(paths.ROOT).as_posix()
     except ValueError:
         return str(f)
 
@@ -70,10 +100,10 @@ def is_fresh(ch: registry.Chapter, scale: str, digest: str) -> bool:
         return False
     try:
         ok_stamp = json.loads(stamp.read_text()).get("hash") == digest
-        ok_res = json.loads(res.read_text())["provenance"].get("content_hash") == digest
+        doc = json.loads(res.read_text())
     except (ValueError, KeyError):
         return False
-    return ok_stamp and ok_res
+    return ok_stamp and freshness(ch, scale, doc)[0]
 
 
 def run_chapter(ch: registry.Chapter, scale: str, overrides=(), seed: int = 0, *, force: bool = False,
