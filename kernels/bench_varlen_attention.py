@@ -69,8 +69,9 @@ GROUPS = [("mha-d128", 32, 32, 128), ("gqa32x8-d128", 32, 8, 128), ("mha-d64", 3
 MIXES = [("equal", 1.0), ("uniform", 2.0), ("lognormal", 2.0), ("lognormal", 4.0), ("lognormal", 8.0)]
 TOTALS = [16384, 131072]
 MEAN_LEN = 1024
-# Agreement between the kernel and SDPA at bf16 (both accumulate in fp32).
-BF16_MAX_ABS_DIFF = 6e-2
+# Agreement between the kernel and SDPA (or two kernel configs) at bf16: both accumulate in fp32,
+# so they differ by output rounding (a few bf16 ulps); a real bug shows as O(1) differences.
+BF16_MAX_ABS_DIFF = 1e-1
 
 
 # ----------------------------------------------------------------------------------------------
@@ -271,8 +272,8 @@ def run_case(group, kind, target_ratio, total, *, device, dtype=torch.bfloat16, 
     lengths = make_length_mix(kind, total, mean_len, target_ratio, seed=seed)
     T, max_len, S = sum(lengths), max(lengths), len(lengths)
     cu = cu_seqlens_from_lengths(lengths, device)
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    q, k, v = (torch.randn(T, h, D, generator=gen, dtype=torch.float32).to(device=device, dtype=dtype)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    q, k, v = (torch.randn(T, h, D, generator=gen, device=device, dtype=torch.float32).to(dtype)
                for h in (Hq, Hkv, Hkv))
     useful = attention_flops(lengths, Hq, D)
     tflops = lambda ms: useful / (ms * 1e-3) / 1e12  # noqa: E731

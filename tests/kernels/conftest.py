@@ -29,8 +29,8 @@ ALL_DEVICES = ["cpu"] + (["cuda"] if CUDA else [])
 
 # A kernel module imported before this file ran (say by a library test collected earlier) was
 # decorated for the GPU; re-import it so its kernels are decorated for the interpreter too.
-for _name in sorted(m for m in list(sys.modules) if m.startswith("tokenbook.kernels.")):
-    if INTERPRET:
+if INTERPRET:
+    for _name in sorted(m for m in list(sys.modules) if m.startswith("tokenbook.kernels.")):
         importlib.reload(sys.modules[_name])
 
 import pytest  # noqa: E402
