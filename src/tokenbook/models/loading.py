@@ -24,6 +24,11 @@ DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
 
 def _gguf_source(mcfg) -> tuple[Path, str]:
+    if mcfg.get("gguf_dir"):  # a folder holding the GGUF file, e.g. copied to a machine without the package
+        folder = Path(mcfg.gguf_dir)
+        if not (folder / mcfg.file).exists():
+            raise FileNotFoundError(f"model.gguf_dir={folder} does not contain {mcfg.file}")
+        return folder, mcfg.file
     spec = importlib.util.find_spec(mcfg.package)
     if spec is None or spec.origin is None:
         raise FileNotFoundError(
