@@ -64,7 +64,7 @@ bench: setup
 	$(PY) -m tokenbook.kernels.bench_varlen_attention --out results/bench
 
 data: setup
-	@echo "data: the data registry arrives with the data issue; chapters built so far need no prepared data"
+	$(PY) -m tokenbook.data prepare
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/

@@ -146,6 +146,7 @@ def prepare(name: str, force: bool = False, progress: Callable[[str], None] | No
         return json.loads((final / "manifest.json").read_text())
     say = progress or (lambda s: None)
     t0 = time.time()
+    key = corpus_key(c)  # taken before extracting: code edited mid-run must not be stamped as used
     if c.kind == "images":
         from tokenbook.data import imagesets
         return imagesets.prepare(c, progress=say)
@@ -163,7 +164,7 @@ def prepare(name: str, force: bool = False, progress: Callable[[str], None] | No
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        manifest = {"name": name, "kind": c.kind, "key": corpus_key(c), "docs": {}, "bytes": {}, "sha256": {},
+        manifest = {"name": name, "kind": c.kind, "key": key, "docs": {}, "bytes": {}, "sha256": {},
                     "duplicates_dropped": dropped, "capped_at_bytes": c.max_bytes if capped else None,
                     "sources": {s: f"{reg.source(s).package} {reg.source(s).version}" for s in c.sources}}
         for s in SPLITS:

