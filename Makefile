@@ -61,7 +61,7 @@ book: setup
 	$(PY) -m tokenbook book
 
 bench: setup
-	$(PY) -m tokenbook.kernels.bench_varlen_attention --out results/bench
+	$(PY) -m tokenbook.kernels.bench_all --out results/bench
 
 data: setup
 	$(PY) -m tokenbook.data prepare
