@@ -30,9 +30,9 @@ case "${1:-}" in
     export PYTHONPATH=/tmp/site:$PWD/src PATH=/tmp/site/bin:$PATH HF_HUB_OFFLINE=1
     nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$out/gpu.txt"
     set +e
-    timeout 120 python3 -m pytest -q tests/kernels 2>&1 | tail -5 | tee "$out/kernel-tests.txt"
-    timeout 300 python3 -m tokenbook.kernels.bench_all --out results/bench 2>&1 | tail -40 | tee "$out/bench.txt"
-    timeout 420 python3 -m tokenbook run --scale gpu -o model.gguf_dir=/tmp/tokenbook-gguf 2>&1 | tail -40 | tee "$out/chapters.txt"
+    timeout 90 python3 -m pytest -q tests/kernels 2>&1 | tail -5 | tee "$out/kernel-tests.txt"
+    timeout 240 python3 -m tokenbook.kernels.bench_all --out results/bench 2>&1 | tail -40 | tee "$out/bench.txt"
+    timeout 240 python3 -m tokenbook run --scale gpu -o model.gguf_dir=/tmp/tokenbook-gguf 2>&1 | tail -40 | tee "$out/chapters.txt"
     set -e
     tar czf "$out/results.tar.gz" results/gpu results/bench build/executed/gpu 2>/dev/null || true
     ls -la "$out" ;;

@@ -148,6 +148,8 @@ def test_crash_while_saving_leaves_previous_checkpoint_loadable(tmp_path, monkey
         assert torch.equal(v, saved[k])
     res = tr.train(tiny_llama(seed=6), random_tokens(), c, out_dir=tmp_path)   # and a run resumes from it
     assert res.resumed_from == 2 and res.steps == 10
+    with pytest.raises(ValueError, match="different"):          # a changed recipe must not silently resume
+        tr.train(tiny_llama(), random_tokens(), cfg(steps=10, ckpt_every=2, batch_size=2), out_dir=tmp_path)
 
 
 TINY_ZOO = ["house.train.steps=3", "house.train.batch_size=2", "house.train.seq_len=32", "house.train.eval_batches=1",

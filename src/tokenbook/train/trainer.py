@@ -266,6 +266,12 @@ def train(model, train_tokens: torch.Tensor, cfg: TrainConfig, *, val_tokens: to
     step, position, wall_before, log, evals, resumed_from = 0, 0, 0.0, [], [], None
     if ckpt_dir is not None and resume and (ck := latest_checkpoint(ckpt_dir)) is not None:
         state = load_checkpoint(ck, model, optimizer, scheduler)
+        saved = state.get("config", {})
+        changed = [k for k in ("batch_size", "seq_len", "grad_accum", "seed", "lr", "steps", "warmup_steps")
+                   if k in saved and saved[k] != getattr(cfg, k)]
+        if changed:
+            raise ValueError(f"checkpoint {ck} was written with different {changed}: resuming would not "
+                             f"reproduce that run; use another out_dir or resume=False")
         step, position, wall_before = state["step"], state["position"], state["wall_s"]
         log, evals, resumed_from = state["log"], state["evals"], step
         model.to(device)
@@ -289,23 +295,25 @@ def train(model, train_tokens: torch.Tensor, cfg: TrainConfig, *, val_tokens: to
     last_loss = float("nan")
     try:
         while step < cfg.steps:
-            loss_sum = 0.0
+            loss_sum = torch.zeros((), device=device)
             for _ in range(cfg.grad_accum):
                 x = data.batch(position, cfg.batch_size).to(device, non_blocking=True)
                 position += cfg.batch_size
                 with _autocast(device):
                     out = model(input_ids=x, labels=x)
                 (out.loss / cfg.grad_accum).backward()
-                loss_sum += float(out.loss.detach())
+                loss_sum += out.loss.detach().float()
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            last_loss = loss_sum / cfg.grad_accum
             tok_window += cfg.tokens_per_step
-            if step % cfg.log_every == 0 or step == cfg.steps:
+            logging = step % cfg.log_every == 0 or step == cfg.steps
+            if logging or on_step is not None or stop_after is not None:  # reading the loss syncs a GPU
+                last_loss = float(loss_sum) / cfg.grad_accum
+            if logging:
                 now = time.perf_counter()
                 tps = tok_window / max(now - t_window, 1e-9)
                 log.append({"step": step, "loss": last_loss, "lr": scheduler.get_last_lr()[0],

@@ -16,6 +16,7 @@ place at the end, so a folder with a card is always complete.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -59,9 +60,8 @@ def corpus_texts(corpus: str, max_docs: int = 0) -> tuple[list[str], list[str] |
         from ..data import python_stdlib_text
         return python_stdlib_text(max_files=limit or 100_000), None
     from .. import data
-    if hasattr(data, "load_corpus"):  # registered corpora: assumed to ship their own splits
-        tr, va = data.load_corpus(corpus, "train"), data.load_corpus(corpus, "validation")
-        return list(tr)[:limit], list(va)
+    if hasattr(data, "load_corpus"):  # registered corpora (data/registry.yaml) ship their own splits
+        return data.load_corpus(corpus, "train", limit), data.load_corpus(corpus, "val")
     raise ValueError(f"unknown corpus {corpus!r}; built in: {', '.join(BUILTIN_CORPORA)} "
                      f"(others need tokenbook.data.load_corpus)")
 
@@ -155,16 +155,30 @@ def house_model(name: str, scale: str = "smoke", device: str = "cpu", overrides=
     device = _resolve_device(device)
     prep = prepare(name, scale, overrides)
     final: Path = prep["dir"]
-    if not (final / "card.json").exists():
+    cached = (final / "card.json").exists()
+    if not cached:
         if not train_if_missing:
             raise FileNotFoundError(f"house model {name!r} at scale {scale!r} is not cached at {final}")
-        _train_and_store(name, scale, prep, device, progress)
-        cached = False
-    else:
-        cached = True
+        with _lock(final):  # two processes asking at once: one trains, the other then loads
+            if not (final / "card.json").exists():
+                _train_and_store(name, scale, prep, device, progress)
+            else:
+                cached = True
     model, tok = _load_dir(final, prep["recipe"]["tokenizer"], device)
     card = json.loads((final / "card.json").read_text())
     return model, tok, {**card, "path": str(final), "loaded_from_cache": cached}
+
+
+@contextlib.contextmanager
+def _lock(final: Path):
+    import fcntl
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with open(final.parent / f".{final.name}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _quiet_hf():
