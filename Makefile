@@ -65,6 +65,7 @@ bench: setup
 
 data: setup
 	$(PY) -m tokenbook.data prepare
+	$(PY) -m tokenbook.tokenizers table
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/

