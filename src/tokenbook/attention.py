@@ -56,3 +56,32 @@ def use_attention(model, name: str):
         yield model
     finally:
         model.set_attn_implementation(previous)
+
+
+# ---- attention patterns (tokenbook.longctx.patterns) -------------------------------------------
+
+PATTERN = "tokenbook_pattern"
+_pattern_registered = False
+
+
+def _pattern_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """HF attention signature; runs the callable that `patterns.apply` hung on the module:
+    ``module.tokenbook_pattern(q [B,Hq,Tq,D], k, v [B,Hkv,Tk,D], scale=, layer=) → [B,Hq,Tq,D]``."""
+    pattern = getattr(module, "tokenbook_pattern", None)
+    if pattern is None:
+        raise ValueError(f"attention {PATTERN!r} needs a pattern: use tokenbook.longctx.patterns.apply(model, ...)")
+    out = pattern(query, key, value, scale=scaling, layer=module.layer_idx)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def register_pattern_attention() -> None:
+    """Make `tokenbook_pattern` known to transformers (idempotent). Patterns build their own causal
+    structure (one sequence, no padding), so no mask tensor is made."""
+    global _pattern_registered
+    if _pattern_registered:
+        return
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+    AttentionInterface.register(PATTERN, _pattern_attention_forward)
+    AttentionMaskInterface.register(PATTERN, lambda *args, **kwargs: None)
+    _pattern_registered = True
