@@ -1,20 +1,13 @@
 """GemFilter's invariants on a tiny random Llama: truncated selection, re-run prompt, chapter helpers."""
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from tokenbook.chapters import gemfilter as chapter
 from tokenbook.longctx import gemfilter as gf
 from tokenbook.longctx import selection as sel
 
 
-@pytest.fixture(scope="module")
-def tiny_llama():
-    torch.manual_seed(0)
-    conf = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-                       num_key_value_heads=2, vocab_size=97, max_position_embeddings=256,
-                       attn_implementation="sdpa")
-    return LlamaForCausalLM(conf).eval()
+TINY_LLAMA_LAYERS = 4   # the tiny_llama fixture (tests/conftest.py) at this depth
 
 
 def ids_of(n, seed=0):

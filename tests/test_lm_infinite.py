@@ -1,20 +1,11 @@
 """LM-Infinite's experiment machinery on a tiny random Llama: arms, shared-prefix scoring, metrics."""
 import numpy as np
-import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from tokenbook.longctx import lm_infinite as li
 from tokenbook.longctx import patterns as pt
 
 
-@pytest.fixture(scope="module")
-def tiny_llama():
-    torch.manual_seed(0)
-    conf = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                       num_key_value_heads=2, vocab_size=97, max_position_embeddings=256,
-                       attn_implementation="sdpa")
-    return LlamaForCausalLM(conf).eval()
 
 
 def test_arms_are_the_four_modes(tiny_llama):

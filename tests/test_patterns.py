@@ -1,21 +1,12 @@
 """The shared attention-pattern toolkit on tiny random Llamas: RoPE re-rotation, Λ attention with a
 distance cap against a brute-force reference, and model-level switching."""
-import math
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from tokenbook.longctx import patterns as pt
 
 
-@pytest.fixture(scope="module")
-def tiny_llama():
-    torch.manual_seed(0)
-    conf = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                       num_key_value_heads=2, vocab_size=97, max_position_embeddings=256,
-                       attn_implementation="sdpa")
-    return LlamaForCausalLM(conf).eval()
 
 
 def inv_freq(D=16, theta=100.0):

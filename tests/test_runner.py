@@ -1,5 +1,4 @@
 """The runner isolates failures, enforces time limits and never takes a half-run as a result."""
-import json
 
 import nbformat
 import pytest

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-import torch
 
 VARLEN = "tokenbook_varlen"
 _registered = False

@@ -127,6 +127,7 @@ def decode_step(model, token: int, position: int, state: LazyState, keep: dict[i
     p = torch.tensor([position], device=device)
     revived = 0
     L = len(sel.decoder_layers(model))
+    h_prev_in = h  # the input of the previous layer (layer 0 never has pruned tokens to revive)
     for l in range(L):
         if l in state.aux and len(state.aux[l][0]):
             s = _query_importance(model, l - 1, h_prev_in, p, state)
