@@ -19,7 +19,7 @@ import traceback
 from pathlib import Path
 
 # Module names under tokenbook.kernels, in the order they run.
-BENCHES = ["bench_varlen_attention", "bench_block_sparse_attention"]
+BENCHES = ["bench_varlen_attention", "bench_block_sparse_attention", "bench_softplus_attention"]
 
 
 def bench_argv(out: Path, quick: bool) -> list[str]:

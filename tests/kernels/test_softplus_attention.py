@@ -163,3 +163,45 @@ def test_bad_inputs_raise(case, error):
         kwargs = dict(backend="cuda")
     with pytest.raises(error):
         softplus_attention(q, k, v, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
+# The benchmark's pure parts (bench_softplus_attention), run on CPU
+# ----------------------------------------------------------------------------------------------
+
+from tokenbook.kernels import bench_softplus_attention as bench  # noqa: E402
+
+
+def test_bench_torch_version_is_the_twin():
+    q, k, v = (torch.randn(1, 2, 37, 16) for _ in range(3))
+    for p in (1.0, 2.0):
+        ref = softplus_attention_reference(q, k, v, p=p, log_base=16.0)
+        assert torch.allclose(bench._torch_softplus(q, k, v, p, 16.0), ref, atol=1e-5)
+
+
+def test_bench_flops_and_targets():
+    assert bench.causal_flops(4, 2, 8) == 4 * 8 * 2 * 10
+    assert bench.causal_flops(4, 2, 8, backward=True) == pytest.approx(3.5 * 4 * 8 * 2 * 10)
+    cases = [dict(case="a", seq_len=16384, kernel_ms=2.0, torch_ms=4.0, sdpa_flash_ms=0.5),
+             dict(case="b", seq_len=1024, kernel_ms=2.0, torch_ms=1.0, sdpa_flash_ms=0.1)]
+    rows = bench.targets(cases)
+    assert [(r["case"], r["met"]) for r in rows] == [("a", True), ("a", False), ("b", False)]
+
+
+def test_bench_end_to_end_smoke_on_cpu(tmp_path):
+    pytest.importorskip("matplotlib")
+    res = bench.run_benchmark(device=torch.device("cpu"), seq_lens=[64], powers=[1.0, 2.0], heads=2, head_dim=16,
+                              dense_backends=("math",), warmup=0, reps=1, log=lambda line: None)
+    cases = res["cases"]
+    assert [c["case"] for c in cases] == ["forward/N64/p1", "forward+backward/N64/p1",
+                                          "forward/N64/p2", "forward+backward/N64/p2"]
+    assert all(c["errors"] == "" for c in cases), [c["errors"] for c in cases]
+    assert cases[0]["max_abs_diff_vs_torch"] < 1e-5 and cases[1]["sdpa_math_ms"] > 0
+    bench.plot(cases, tmp_path / "softplus_attention.png")
+    assert (tmp_path / "softplus_attention.png").stat().st_size > 1000
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU exit path")
+def test_bench_without_cuda_exits_2(tmp_path, capsys):
+    assert bench.main(["--out", str(tmp_path / "bench")]) == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err
