@@ -156,7 +156,7 @@ TINY_ZOO = ["house.train.steps=3", "house.train.batch_size=2", "house.train.seq_
             "house.train.eval_every=0", "house.train.ckpt_every=0", "house.train.warmup_steps=1",
             "house.model.hidden_size=32", "house.model.intermediate_size=64", "house.model.num_hidden_layers=1",
             "house.model.num_attention_heads=2", "house.model.num_key_value_heads=2",
-            "house.data.max_docs=8", "house.data.val_fraction=0.25"]
+            "house.data.corpus=pydoc_topics", "house.data.max_docs=8", "+house.data.val_fraction=0.25"]
 
 
 def test_zoo_trains_once_then_loads_from_cache(tmp_path, monkeypatch):
@@ -181,7 +181,7 @@ def test_zoo_trains_once_then_loads_from_cache(tmp_path, monkeypatch):
 
     changed = zoo.prepare("house-bytes", "smoke", TINY_ZOO + ["house.train.lr=1e-3"])
     assert changed["hash"] != card["hash"]
-    other_data = zoo.prepare("house-bytes", "smoke", TINY_ZOO[:-2] + ["house.data.max_docs=12", "house.data.val_fraction=0.25"])
+    other_data = zoo.prepare("house-bytes", "smoke", TINY_ZOO[:-2] + ["house.data.max_docs=12", "+house.data.val_fraction=0.25"])
     assert other_data["hash"] != card["hash"]
     assert zoo.prepare("house-bytes", "smoke", TINY_ZOO)["hash"] == card["hash"]
 

@@ -32,7 +32,7 @@ from .byte_tokenizer import ByteTokenizer
 from .trainer import TrainConfig, train
 
 CODE_VERSION = "zoo-1"          # bump when training code changes what a cached model would be
-BUILTIN_CORPORA = ("pydoc_topics", "python_stdlib")
+BUILTIN_CORPORA = ("pydoc_topics", "python_stdlib")  # no val split: every 1/val_fraction-th document (tests, quick runs)
 
 
 def names() -> list[str]:
