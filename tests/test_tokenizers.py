@@ -138,3 +138,13 @@ def test_bytes_per_token_table():
     gpt2 = T.load("gpt2")
     texts = ["hello world"] * 3
     assert T.bytes_per_token(gpt2, texts) == pytest.approx(33 / 6)
+
+
+def test_corpus_token_counts_cover_every_split_of_a_text_corpus():
+    from tokenbook.data.corpus import manifest
+    rows = T.corpus_token_counts("gpt2", ["fortunes", "digits"])   # digits holds images: skipped
+    assert [(r["corpus"], r["split"]) for r in rows] == [("fortunes", s) for s in ("train", "val", "test")]
+    m = manifest("fortunes")
+    for r in rows:
+        assert r["bytes"] == m["bytes"][r["split"]] and r["docs"] == m["docs"][r["split"]]
+        assert 2.5 < r["bytes"] / r["tokens"] < 6      # English prose under GPT-2's BPE

@@ -485,8 +485,11 @@ def data_page() -> str:
                      f"`{src.get('sha256', '')[:12]}` |")
     lines += ["", "## Corpora", "",
               "Sizes as prepared on the machine that built this book (a corpus not prepared there says so).", "",
-              "| corpus | from | docs train / val / test | MB train / val / test | duplicates dropped |",
-              "|---|---|---|---|---|"]
+              "| corpus | from | docs train / val / test | MB train / val / test | GPT-2 tokens train / val / test (M) | duplicates dropped |",
+              "|---|---|---|---|---|---|"]
+    counts_file = paths.CACHE / "tokenizers" / "corpus_tokens.json"
+    counts = {(r["corpus"], r["split"]): r["tokens"] for r in json.loads(counts_file.read_text())} \
+        if counts_file.exists() else {}
     for c in reg.get("corpora", []):
         name = c["name"] if isinstance(c, dict) else str(c)
         man = paths.CACHE / "corpora" / name / "manifest.json"
@@ -495,9 +498,11 @@ def data_page() -> str:
             docs = " / ".join(str(m["docs"].get(k, 0)) for k in ("train", "val", "test"))
             mb = " / ".join(f"{m['bytes'].get(k, 0) / 1e6:.1f}" for k in ("train", "val", "test")) if "bytes" in m else "–"
             src = md_escape(", ".join(m.get("sources", {}).values()))
-            lines.append(f"| {md_escape(name)} | {src} | {docs} | {mb} | {m.get('duplicates_dropped', '–')} |")
+            toks = " / ".join(f"{counts[(name, k)] / 1e6:.2f}" if (name, k) in counts else "–"
+                              for k in ("train", "val", "test")) if "bytes" in m else "–"
+            lines.append(f"| {md_escape(name)} | {src} | {docs} | {mb} | {toks} | {m.get('duplicates_dropped', '–')} |")
         else:
-            lines.append(f"| {md_escape(name)} | | not prepared (run `make data`) | | |")
+            lines.append(f"| {md_escape(name)} | | not prepared (run `make data`) | | | |")
     return "\n".join(lines) + "\n"
 
 

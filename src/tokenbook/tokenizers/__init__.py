@@ -122,5 +122,25 @@ def bytes_per_token_table(tokenizers: Iterable[str | Tokenizer] | None = None, c
     return rows
 
 
+def corpus_token_counts(tokenizer: str = "gpt2", corpora: Sequence[str] | None = None) -> list[dict]:
+    """Rows {corpus, split, docs, bytes, tokens} counting every document of every text corpus with one tokenizer.
+
+    Default corpora: every registered corpus that holds text (image sets are skipped).
+    """
+    from tokenbook.data import corpora as all_corpora, load_corpus
+    from tokenbook.data.registry import load as load_registry
+    reg = load_registry()
+    names_ = [c for c in (all_corpora() if corpora is None else corpora) if reg.corpus(c).kind != "images"]
+    tok, rows = load(tokenizer), []
+    for corpus in names_:
+        for split in ("train", "val", "test"):
+            texts = load_corpus(corpus, split)
+            rows.append({"corpus": corpus, "split": split, "tokenizer": tok.name, "docs": len(texts),
+                         "bytes": sum(len(t.encode("utf-8")) for t in texts),
+                         "tokens": sum(len(ids) for ids in tok.encode_batch(texts))})
+    return rows
+
+
 __all__ = ["Tokenizer", "names", "load", "train", "load_dir", "KINDS", "reference_check", "reference_names",
-           "reference_table", "bytes_per_token", "bytes_per_token_table", "UnknownTokenizerError"]
+           "reference_table", "bytes_per_token", "bytes_per_token_table", "corpus_token_counts",
+           "UnknownTokenizerError"]
