@@ -84,3 +84,31 @@ def test_freshness_follows_the_library_files_a_run_imported(tmp_path, monkeypatc
     used.unlink()
     assert runner.library_changes(doc) == ["src/tokenbook/used.py"]
     assert runner.library_changes({"provenance": {}}) == ["<no library record>"]
+
+
+def test_freshness_follows_the_data_a_run_read(monkeypatch):
+    """A result records the corpora/sources it read by content; only a change to those makes it stale."""
+    from tokenbook.data import corpus as corpus_mod, load_corpus, usage
+    from tokenbook.data.registry import load
+    monkeypatch.setattr(usage, "_USED", {})
+    load_corpus("fortunes", "val")
+    rec = usage.snapshot()
+    # (a first use also prepares the corpus, which reads, and records, its sources)
+    assert "corpus:fortunes" in rec and set(rec) <= {"corpus:fortunes", "source:fortunes", "source:fortunes-min"}
+    assert usage.changes(rec) == []
+    assert usage.changes({"corpus:fortunes": "0" * 16}) == ["corpus:fortunes"]
+    assert "gone" in usage.changes({"corpus:no-such-corpus": "0" * 16})[0]
+    src = load().source("fortunes")
+    assert usage.changes({"source:fortunes": usage.source_digest(src)}) == []
+    # the extractor's code is part of what makes a corpus: editing one extractor changes only its corpora
+    c_f, c_w = load().corpus("fortunes"), load().corpus("wordnet")
+    k_f, k_w = corpus_mod.corpus_key(c_f), corpus_mod.corpus_key(c_w)
+    monkeypatch.setitem(corpus_mod.extractors.EXTRACTORS, "fortunes", lambda inputs, corpus: iter(()))
+    assert corpus_mod.corpus_key(c_f) != k_f and corpus_mod.corpus_key(c_w) == k_w
+
+
+def test_content_hash_ignores_the_data_registry(monkeypatch, tmp_path):
+    ch = registry.get("prepacking")
+    base = runner.content_hash(ch, "smoke")
+    monkeypatch.setattr(paths, "DATA", tmp_path)          # a different (here: missing) registry file
+    assert runner.content_hash(ch, "smoke") == base

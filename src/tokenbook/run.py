@@ -96,6 +96,7 @@ class Run:
         if not self._claims:
             raise RuntimeError("run.finish(): no claim was checked; every chapter checks at least one")
         import sys
+        from .data import usage
         from .runner import library_hashes
         prov = provenance.collect()
         prov.update(device=self.device, dtype=self.dtype, started_utc=self._started,
@@ -103,7 +104,9 @@ class Run:
                     content_hash=os.environ.get("TOKENBOOK_CONTENT_HASH"),
                     # the library files this run actually imported: a later change to any of them
                     # (and only to them) makes this result stale
-                    library=library_hashes(getattr(m, "__file__", None) or "" for m in list(sys.modules.values())))
+                    library=library_hashes(getattr(m, "__file__", None) or "" for m in list(sys.modules.values())),
+                    # the corpora and sources it read, by content (tokenbook.data.usage)
+                    data=usage.snapshot())
         c = self.chapter
         doc = {"schema_version": 1,
                "chapter": {"n": c.n, "slug": c.slug, "part": c.part, "title": c.title, "arxiv": c.arxiv},

@@ -2,7 +2,7 @@
 
 Each chapter runs in its own papermill subprocess writing build/executed/<scale>/<slug>.ipynb.
 The executed copy is written to a temporary name and renamed only on success; a stamp file
-records the content hash (notebook + config + library + data + pins + parameters) so an unchanged
+records the content hash (notebook + config + pins + parameters; library code and data are checked per result) so an unchanged
 chapter is skipped and any change re-runs it. Ctrl-C stops the current chapter; re-running resumes.
 """
 from __future__ import annotations
@@ -30,15 +30,16 @@ class Outcome:
 
 
 def content_hash(ch: registry.Chapter, scale: str, overrides=(), seed: int = 0) -> str:
-    """sha256 over a chapter's inputs: notebook, configs, data registry, pins and parameters.
+    """sha256 over a chapter's inputs: notebook, configs, pins and parameters.
 
-    Library code is tracked separately and precisely: a finished run records the hash of every
-    tokenbook module it imported (provenance.library), see `freshness`.
+    Library code and data are tracked separately and precisely: a finished run records the hash of
+    every tokenbook module it imported (provenance.library) and the content of every corpus and
+    source it read (provenance.data, see tokenbook.data.usage); see `freshness`.
     """
     h = hashlib.sha256()
     h.update(json.dumps({"slug": ch.slug, "scale": scale, "overrides": list(overrides), "seed": seed}).encode())
     files = [ch.notebook] + _config.config_files(ch.slug, scale)
-    files += [paths.DATA / "registry.yaml", paths.ROOT / "requirements.txt"]
+    files += [paths.ROOT / "requirements.txt"]
     for f in files:
         h.update(_name(f).encode())
         h.update(f.read_bytes() if f.exists() else b"<missing>")
@@ -75,10 +76,14 @@ def freshness(ch: registry.Chapter, scale: str, doc: dict) -> tuple[bool, str]:
     if have is None:
         return False, "written outside the runner (no content hash)"
     if have != content_hash(ch, scale, doc.get("overrides", []), doc.get("seed", 0)):
-        return False, "the notebook, configs, data registry or pins changed since this run"
+        return False, "the notebook, configs or pins changed since this run"
     changed = library_changes(doc)
     if changed:
         return False, "library code it used changed since this run: " + ", ".join(changed[:5])
+    from .data import usage
+    changed = usage.changes(doc.get("provenance", {}).get("data", {}))
+    if changed:
+        return False, "data it read changed since this run: " + ", ".join(changed[:5])
     return True, ""
 
 

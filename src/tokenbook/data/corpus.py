@@ -25,7 +25,7 @@ import unicodedata
 from pathlib import Path
 from typing import Callable, Iterable
 
-from tokenbook.data import extractors
+from tokenbook.data import extractors, usage
 from tokenbook.data.fetch import cache_dir, sha256_file, source_dir
 from tokenbook.data.registry import Corpus, load, matches_any
 
@@ -87,21 +87,52 @@ def corpus_dir(name: str) -> Path:
     return cache_dir("corpora", name)
 
 
-def _code_hash() -> str:
-    """Hash of the code that shapes documents: editing an extractor makes prepared corpora stale."""
-    here = Path(__file__).parent
+def _code_sources(fn, seen: set) -> list[str]:
+    """Source of `fn` and of every function or module of extractors.py it reaches by name."""
+    import inspect
+    import types
+    if id(fn) in seen:
+        return []
+    seen.add(id(fn))
+    if isinstance(fn, types.ModuleType):   # our own helper modules (htmltext); not zlib, re, ...
+        ours = fn.__name__.startswith("tokenbook.") and getattr(fn, "__file__", None)
+        return [Path(fn.__file__).read_text()] if ours else []
+    out = [inspect.getsource(fn)]
+    for name in fn.__code__.co_names:
+        obj = vars(extractors).get(name)
+        if isinstance(obj, (types.FunctionType, types.ModuleType)):
+            out += _code_sources(obj, seen)
+    return out
+
+
+def _code_hash(c: Corpus) -> str:
+    """Hash of the code that shapes this corpus's documents: its extractor and what that calls, and
+    the splitting/deduplication here. Editing one extractor makes only its corpora stale; adding
+    another extractor makes none stale."""
+    import inspect
     h = hashlib.sha256()
-    for f in ("extractors.py", "htmltext.py", "corpus.py", "imagesets.py"):
-        h.update((here / f).read_bytes())
+    if c.kind == "images":
+        from tokenbook.data import imagesets
+        h.update(Path(imagesets.__file__).read_bytes())
+    else:
+        for src in _code_sources(extractors.EXTRACTORS[c.extractor], set()):
+            h.update(src.encode())
+    for fn in (split_of, content_key, dedupe, _cap):
+        h.update(inspect.getsource(fn).encode())
     return h.hexdigest()[:16]
 
 
 def corpus_key(c: Corpus) -> str:
     reg = load()
     blob = json.dumps({"corpus": repr(c), "sources": {s: reg.source(s).sha256 for s in c.sources},
-                       "split": reg.split, "extract": extractors.EXTRACT_VERSION, "code": _code_hash()},
+                       "split": reg.split, "extract": extractors.EXTRACT_VERSION, "code": _code_hash(c)},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def content_digest(m: dict) -> str:
+    """What a prepared corpus holds: a digest of its split files' sha256 (from the manifest)."""
+    return hashlib.sha256(json.dumps(m.get("sha256", {}), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def inputs(c: Corpus) -> list[extractors.Input]:
@@ -202,6 +233,7 @@ def load_records(name: str, split: str = "train", max_docs: int | None = None) -
     if c.kind == "images":
         raise CorpusError(f"corpus {name!r} holds images: use tokenbook.data.images({name!r}, {split!r})")
     m = manifest(name)
+    usage.note("corpus", name, content_digest(m))
     path = corpus_dir(name) / f"{split}.jsonl"
     if not path.exists() or path.stat().st_size == 0 and m["docs"][split]:
         raise CorpusError(f"corpus {name!r}: {path} is missing or empty; rerun `python -m tokenbook.data prepare {name} --force`")

@@ -153,6 +153,8 @@ def _unpack(src: Source, archive: Path, dest: Path) -> None:
 def source_dir(name: str, fetch: bool = True) -> Path:
     """The unpacked folder of registry source `name`, fetched and verified on first use."""
     src = load().source(name)
+    from tokenbook.data import usage
+    usage.note("source", src.name, usage.source_digest(src))
     final = cache_dir("sources", src.name)
     marker = final / MARKER
     if marker.exists():

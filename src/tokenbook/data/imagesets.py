@@ -92,5 +92,8 @@ def images(name: str, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if not is_prepared(name):
         prepare(c)
+    from tokenbook.data import usage
+    from tokenbook.data.corpus import content_digest
+    usage.note("corpus", name, content_digest(json.loads((corpus_dir(name) / "manifest.json").read_text())))
     with np.load(corpus_dir(name) / f"{split}.npz") as z:
         return z["x"], z["y"]
