@@ -250,3 +250,81 @@ def faq_pod(inputs: list[Input], corpus) -> Iterator[dict]:
 
 EXTRACTORS = {f.__name__: f for f in (plain_files, python_files, fortunes, gcide, wordnet, sword_ztext,
                                       html_pages, libreoffice_parallel, libreoffice_tr, faq_sphinx, faq_pod)}
+
+
+# ---------------------------------------------------------------- Turkish morphology (tokenization-standards)
+def _conllu_sentences(text: str) -> Iterator[tuple[dict, list[list[str]]]]:
+    """(comment fields, token rows) per sentence of a CoNLL-U file."""
+    meta, rows = {}, []
+    for line in text.splitlines() + [""]:
+        if not line.strip():
+            if rows:
+                yield meta, rows
+            meta, rows = {}, []
+        elif line.startswith("#"):
+            key, sep, val = line[1:].partition("=")
+            if sep:
+                meta[key.strip()] = val.strip()
+        else:
+            rows.append(line.split("\t"))
+
+
+def conllu_treebank(inputs: list[Input], corpus) -> Iterator[dict]:
+    """Turkish Web Treebank: one document per sentence, grouped by source page.
+
+    A word is a row with a lemma plus the rows after it whose lemma is `_`: the treebank writes the
+    derivational boundaries of a word as separate rows (inflectional groups, IGs) glued with
+    SpaceAfter=No, e.g. `Açık|la|nma|yan` (lemma açık). Each word is [form, lemma, upos, [IG surfaces],
+    space_after]; the words joined with their spaces give `text` exactly (checked here).
+    """
+    for inp in inputs:
+        for meta, rows in _conllu_sentences(_read(inp)):
+            sid, text = meta.get("sent_id"), meta.get("text")
+            if not sid or not text:
+                continue
+            words: list[list] = []
+            for r in rows:
+                if "-" in r[0] or "." in r[0]:
+                    continue  # multiword ranges / empty nodes (none in this treebank)
+                form, lemma, upos, space = r[1], r[2], r[3], "SpaceAfter=No" not in r[9]
+                if lemma == "_" and words and not words[-1][4]:
+                    w = words[-1]
+                    w[0] += form
+                    w[3].append(form)
+                    w[4] = space
+                else:
+                    words.append([form, lemma, upos, [form], space])
+            rebuilt = "".join(w[0] + (" " if w[4] else "") for w in words).strip()
+            if rebuilt != text:
+                continue  # never happens in v1.0.0; a changed file must not yield misaligned words
+            yield {"id": f"twt:{sid}", "group": f"twt:{sid.rsplit(':', 1)[0]}", "text": text,
+                   "section": Path(inp.rel).stem, "words": words}
+
+
+def hunspell_stems(inputs: list[Input], corpus) -> Iterator[dict]:
+    """A hunspell .dic with its .aff (suffix-only, `FLAG num`, every rule `SFX f 0 suffix .`, as in tr_TR):
+    lines `stem<TAB>suffix suffix ...` (the suffixes its flags allow), packed into ~8 kB documents."""
+    for inp in inputs:
+        aff = inp.path.with_suffix(".aff").read_text(encoding="utf-8").splitlines()
+        suffix: dict[str, list[str]] = {}
+        for line in aff:
+            p = line.split()
+            if len(p) >= 5 and p[0] == "SFX":
+                if p[2] != "0" or p[4] != ".":
+                    raise ValueError(f"{inp.rel}: rule {line!r} strips or conditions; only plain appends are supported")
+                suffix.setdefault(p[1], []).append(p[3])
+            elif len(p) >= 2 and p[0] == "PFX":
+                raise ValueError(f"{inp.rel}: prefix rules are not supported")
+        lines = _read(inp).splitlines()[1:]  # the first line is the entry count
+
+        def records():
+            for e in lines:
+                stem, _, flags = e.strip().partition("/")
+                if not stem:
+                    continue
+                sufs = sorted({s for f in flags.split(",") if f for s in suffix.get(f, ())})
+                yield stem, f"{stem}\t{' '.join(sufs)}"
+        yield from _pack(records(), "hunspell-tr")
+
+
+EXTRACTORS.update({f.__name__: f for f in (conllu_treebank, hunspell_stems)})
