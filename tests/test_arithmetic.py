@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+from tokenbook.learnability import FloorCheck
 from tokenbook.tokenization import arithmetic as ar
 
 
@@ -107,11 +108,30 @@ def test_answer_only_loss_masks_everything_but_the_answer():
     torch.testing.assert_close(net(input_ids=x, labels=x).loss, want)
 
 
-def test_digit_components_share_digits():
+def test_digit_components_share_digits_by_place_value():
     tok = ar.NumberTokenizer(3, "l2r")
     comp = ar.digit_components(tok)
     assert len(set(map(tuple, comp))) == len(tok)                        # every token distinct
-    assert comp[tok.index["4"]][1] == comp[tok.index["45"]][1]           # same first digit, same slot vector
+    units, tens, hundreds = 1, 2, 3                                      # columns: places from the right
+    # "45", "045" and "345" share their units-5 and tens-4 vectors (as the numbers share those digits) ...
+    for t in ("045", "345"):
+        assert comp[tok.index[t]][units] == comp[tok.index["45"]][units]
+        assert comp[tok.index[t]][tens] == comp[tok.index["45"]][tens]
+    assert comp[tok.index["5"]][units] == comp[tok.index["45"]][units]
+    # ... while a digit's vector depends on its place: the 4 of "45" (tens) is not the 4 of "4" (units)
+    assert comp[tok.index["4"]][units] != comp[tok.index["45"]][tens]
+    assert comp[tok.index["45"]][hundreds] == 0 and comp[tok.index["045"]][hundreds] != 0   # "045" ≠ "45"
+    assert comp[tok.index["045"]][0] != comp[tok.index["45"]][0]                         # lengths differ
+
+
+def test_encode_examples_pads_to_the_longest_example():
+    tok = ar.NumberTokenizer(1, "l2r")
+    rows = ar.encode_examples(tok, [("1+2=", "3"), ("12+34=", "64")])
+    assert rows.shape == (2, 9)                                          # 12+34=64 <eos>
+    assert tok.decode(rows[0]) == "1+2=3" and rows[0, 5] == tok.eos_id and rows[0, -1] == tok.pad_id
+    assert (rows == ar.encode_examples(tok, [("1+2=", "3"), ("12+34=", "64")], 9)).all()
+    with pytest.raises(ValueError, match="needs 9 tokens"):
+        ar.encode_examples(tok, [("12+34=", "64")], 8)
 
 
 def test_greedy_answers_decode_a_memorised_problem():
@@ -124,3 +144,82 @@ def test_greedy_answers_decode_a_memorised_problem():
                                             "progress": False})
     ans = ar.greedy_answers(model, tok, [ar.render(p)[0]], 4)
     assert ar.evaluate([p], ans, "plain")[0]["correct"]
+
+
+# --- the learnability guard inside the two chapters (synthetic outcomes, no training) -------------
+
+def _records(problems, n_correct, fmt="plain"):
+    answers = [ar.render(p, fmt)[1] if i < n_correct else "0" for i, p in enumerate(problems)]
+    return ar.evaluate(problems, answers, fmt, 1)
+
+
+def _posdesc_outs(task, acc):
+    """acc: {format: {digits: fraction correct}} → outs shaped like posdesc_arith.run_arm's."""
+    op = "*" if task.op == "mul" else "+"
+    outs = []
+    for fmt, by in acc.items():
+        by_len = {}
+        for n in range(1, task.test_digits + 1):
+            ps = ar.sample_problems(100, op, (n, n), np.random.default_rng(n), same_length=True)
+            by_len[n] = _records(ps, round(100 * by.get(n, 0.0)))
+        outs.append({"format": fmt, "seed": 0, "by_length": by_len})
+    return outs
+
+
+def test_posdesc_claims_are_not_judged_below_the_floor():
+    from tokenbook import setup
+    from tokenbook.chapters import posdesc_arith as ch
+    run = setup("posdesc-arith", "cpu")
+    mt, at = run.cfg.chapter.multiplication, run.cfg.chapter.addition
+    # multiplication: the floor effect of the old cpu result (plain 2×2 3%): not testable, not "not reproduced"
+    mul = _posdesc_outs(mt, {"plain": {1: 0.8, 2: 0.03}, "padded_reversed": {1: 0.81, 2: 0.02}})
+    # addition: the baseline learned its training lengths, the spaced model extrapolates: judged, reproduced
+    good = {n: 1.0 for n in range(1, at.train_digits + 1)}
+    add = _posdesc_outs(at, {"reversed": good, "spaces_reversed": {**good, at.train_digits + 1: 0.6}})
+    floors = ch.check_claims(run, mul, add)
+    verdict = {c["id"]: c for c in run._claims}
+    assert not floors["multiplication"].passed and floors["addition"].passed
+    assert verdict["mul.padded_reversed_better"]["verdict"] == "not testable at this scale"
+    assert "floor effect" in verdict["mul.padded_reversed_better"]["reason"]
+    assert "3.0%" in verdict["mul.padded_reversed_better"]["reason"]
+    assert verdict["add.spaces_extrapolate"]["verdict"] == "reproduced"
+    assert run.metrics["floor_checks"]["multiplication"]["passed"] is False
+
+
+def test_tokcount_floor_is_on_the_task_and_on_l2r_without_carry_out():
+    from tokenbook import setup
+    from tokenbook.chapters import tokcount_arith as ch
+    ps = ar.sample_problems(400, "+", (3, 6), np.random.default_rng(0), same_length=True)
+
+    def outs(n_l2r, n_r2l):
+        return [{"arm": "l2r", "seed": 0, "records": _records(ps, n_l2r)},
+                {"arm": "r2l", "seed": 0, "records": _records(ps, n_r2l)}]
+
+    run = setup("tokcount-arith", "cpu")               # neither tokenization learned: a floor effect
+    ch.check_claims(run, outs(4, 8))
+    assert {c["verdict"] for c in run._claims} == {"not testable at this scale"}
+    run = setup("tokcount-arith", "cpu")               # R2L learned, L2R did not: the gap is judged,
+    ch.check_claims(run, outs(12, 360))                # but L2R errors cannot 'concentrate' anywhere
+    verdict = {c["id"]: c["verdict"] for c in run._claims}
+    assert verdict == {"r2l_better.exact": "reproduced", "r2l_better.digits": "reproduced",
+                       "gap_in_carry_out": "not testable at this scale"}
+    run = setup("tokcount-arith", "cpu")               # both learned equally well: judged, not reproduced
+    ch.check_claims(run, outs(380, 380))
+    assert {c["id"]: c["verdict"] for c in run._claims}["r2l_better.exact"] == "not reproduced"
+
+
+def test_posdesc_extrapolation_needs_both_formats_to_learn_their_training_lengths():
+    from tokenbook import setup
+    from tokenbook.chapters import posdesc_arith as ch
+    run = setup("posdesc-arith", "cpu")
+    mt, at = run.cfg.chapter.multiplication, run.cfg.chapter.addition
+    mul = _posdesc_outs(mt, {"plain": {1: 1.0, 2: 0.9}, "padded_reversed": {1: 1.0, 2: 0.9}})
+    good = {n: 1.0 for n in range(1, at.train_digits + 1)}
+    # the spaced model never learned its longest training sums: its zero beyond them is no evidence
+    add = _posdesc_outs(at, {"reversed": good, "spaces_reversed": {**good, at.train_digits: 0.11}})
+    floors = ch.check_claims(run, mul, add)
+    verdict = {c["id"]: c for c in run._claims}
+    assert floors["multiplication"].passed and not floors["addition"].passed
+    assert "spaces_reversed" in floors["addition"].what
+    assert verdict["add.spaces_extrapolate"]["verdict"] == "not testable at this scale"
+    assert verdict["mul.padded_reversed_better"]["verdict"] == "not reproduced"   # equal accuracy: no gain

@@ -30,6 +30,7 @@ import torch
 
 from .. import stats
 from ..claims import AtLeast, AtMost
+from ..learnability import FloorCheck
 from ..tokenization import word_pooled as wp
 
 ARMS = ("byte", "bpe", "etok")
@@ -59,7 +60,7 @@ def training_texts(cfg) -> list[str]:
 def heldout_pieces(cfg) -> list[str]:
     """`val_pieces` pieces (cut at line ends, at most `piece_bytes` bytes) spread evenly over the val split."""
     from ..data import load_corpus
-    from .superbpe import cut
+    from ..data.pieces import cut
     pieces = [p for t in load_corpus(cfg.corpus, "val") for p in cut(t, int(cfg.piece_bytes)) if p.strip()]
     k = min(len(pieces), int(cfg.val_pieces))
     if k < 2:
@@ -406,12 +407,12 @@ def check_claims(run, res: dict) -> None:
     note = f"next-word accuracy on {len(res['items'])} held-out words over {res['n_pieces']} pieces: {accs}"
     # A ratio of two near-zero accuracies says nothing about the paper's claim: the ratio claims are
     # judged only where the better baseline has learned the task (config: min_baseline_accuracy).
-    best_base = max(acc[b] for b in base)
-    floor = float(cfg.min_baseline_accuracy)
-    ratio_scales = ("cpu", "gpu") if best_base >= floor else ()
-    why_ratio = (WHY_SMOKE if run.scale == "smoke" else
-                 f"the better baseline reaches only {best_base:.1%} next-word accuracy here (floor {floor:.0%}): "
-                 "the models have not learned the task, and ratios of near-zero accuracies cannot test the claim")
+    best = max(base, key=lambda b: acc[b])
+    floor = FloorCheck(f"the better baseline ({ARM_LABEL[best]})", acc[best], len(res["items"]),
+                       float(cfg.min_baseline_accuracy), metric="next-word accuracy")
+    run.log(floor_check=floor.to_dict())
+    ratio_scales = floor.testable_at(("cpu", "gpu"))
+    why_ratio = floor.why_not(WHY_SMOKE if run.scale == "smoke" else "")
     for b in base:
         run.claim(f"beats_{b}", paper=f"eTok predicts the next word more often than a {ARM_LABEL[b]}-level model "
                   "(the paper: word-pooled models beat subword and byte/char models on next-word accuracy)",

@@ -187,13 +187,18 @@ def parse_answer(text: str, fmt: str = "plain") -> int | None:
     return int(t)
 
 
-def encode_examples(tok: NumberTokenizer, pairs: list[tuple[str, str]], seq_len: int) -> np.ndarray:
-    """Rows of `prompt answer <eos> <pad>…`, each exactly seq_len tokens (one training sequence each)."""
+def encode_examples(tok: NumberTokenizer, pairs: list[tuple[str, str]], seq_len: int | None = None) -> np.ndarray:
+    """Rows of `prompt answer <eos> <pad>…`, each exactly seq_len tokens (one training sequence each);
+    seq_len=None: the longest example's length (tokenized once)."""
+    enc = [tok.encode(q + a) + [tok.eos_id] for q, a in pairs]
+    longest = max((len(ids) for ids in enc), default=1)
+    if seq_len is None:
+        seq_len = longest
+    elif longest > seq_len:
+        i = max(range(len(enc)), key=lambda j: len(enc[j]))
+        raise ValueError(f"example {''.join(pairs[i])!r} needs {longest} tokens > seq_len {seq_len}")
     out = np.full((len(pairs), seq_len), tok.pad_id, dtype=np.int64)
-    for i, (q, a) in enumerate(pairs):
-        ids = tok.encode(q + a) + [tok.eos_id]
-        if len(ids) > seq_len:
-            raise ValueError(f"example {q + a!r} needs {len(ids)} tokens > seq_len {seq_len}")
+    for i, ids in enumerate(enc):
         out[i, :len(ids)] = ids
     return out
 
@@ -245,8 +250,10 @@ def wrong_positions_from_left(pred: int, true: int) -> list[int]:
 # --- models: build, train with tokenbook's one trainer, decode greedily ----------------------------
 
 def digit_components(tok: NumberTokenizer) -> np.ndarray:
-    """(V, chunk_size + 1) component ids per token: a chunk is its length plus one (slot, digit) per
-    digit; a special or symbol is one component of its own. 0 means 'none' (a zero vector)."""
+    """(V, chunk_size + 1) component ids per token: a chunk is its length plus one (place, digit) per
+    digit, places counted from the right inside the chunk (units, tens, hundreds), so "45", "045"
+    and "345" share their units-5 and tens-4 vectors, as the digits of a number do; a special or
+    symbol is one component of its own. 0 means 'none' (a zero vector)."""
     k = tok.chunk_size
     n_other = len(SPECIALS) + len(SYMBOLS)
     comp = np.zeros((len(tok), k + 1), dtype=np.int64)
@@ -255,8 +262,8 @@ def digit_components(tok: NumberTokenizer) -> np.ndarray:
             comp[i, 0] = 1 + i
             continue
         comp[i, 0] = 1 + n_other + 10 * k + (len(t) - 1)
-        for j, c in enumerate(t):
-            comp[i, 1 + j] = 1 + n_other + 10 * j + int(c)
+        for place, c in enumerate(reversed(t)):
+            comp[i, 1 + place] = 1 + n_other + 10 * place + int(c)
     return comp
 
 
@@ -264,7 +271,8 @@ def _factorized_modules():
     import torch
 
     class DigitAwareEmbedding(torch.nn.Module):
-        """Token vectors built from the digits inside each chunk: E[t] = len_vec + Σ_j slot_j[digit_j].
+        """Token vectors built from the digits inside each chunk: E[t] = len_vec + Σ_p place_p[digit_p],
+        p the digit's place inside the chunk counted from the right (units, tens, hundreds).
 
         The model still reads and writes one token per chunk (so chunk boundaries matter exactly as
         with atomic tokens); it only need not learn from scratch that "045" and "45" share digits."""
