@@ -209,7 +209,7 @@ def test_is_superword():
 
 # ---- chapter helpers -------------------------------------------------------------------------------
 def test_cut_pieces_round_trip_and_fit():
-    from tokenbook.chapters.superbpe import cut
+    from tokenbook.data.pieces import cut
     text = "line one\n" * 50 + "x" * 500 + "\nşş🙂\n" * 40
     pieces = cut(text, 120)
     assert "".join(pieces) == text

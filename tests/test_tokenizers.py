@@ -76,7 +76,7 @@ def test_unknown_name():
 
 @pytest.fixture(scope="module")
 def fortunes():
-    texts = T.trained._take(__import__("tokenbook.data", fromlist=["x"]).load_corpus("fortunes"), 200_000)
+    texts = __import__("tokenbook.data.pieces", fromlist=["x"]).take_bytes(__import__("tokenbook.data", fromlist=["x"]).load_corpus("fortunes"), 200_000)
     assert sum(len(t) for t in texts) > 150_000
     return texts
 

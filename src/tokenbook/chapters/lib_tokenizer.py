@@ -29,12 +29,12 @@ SMOKE_WHY = ("at smoke scale LiB reads 0.24 M characters (5% of one pass over th
 def texts(cfg) -> dict[str, list[str]]:
     """Training texts (shared by every tokenizer), held-out test documents, and the LM's training texts."""
     from ..data import load_corpus
-    from ..tokenizers.trained import _take
-    train = _take(load_corpus(cfg.corpus, "train"), cfg.train_bytes)
+    from ..data.pieces import take_bytes
+    train = take_bytes(load_corpus(cfg.corpus, "train"), cfg.train_bytes)
     test = load_corpus(cfg.corpus, "test")
     if cfg.test_docs:
         test = test[: int(cfg.test_docs)]
-    return {"train": train, "test": test, "lm_train": _take(train, cfg.lm.train_bytes)}
+    return {"train": train, "test": test, "lm_train": take_bytes(train, cfg.lm.train_bytes)}
 
 
 def lib_config(cfg, vocab_size: int, n_reserved: int, seed: int) -> lib.LibConfig:

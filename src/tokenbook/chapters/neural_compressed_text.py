@@ -56,8 +56,8 @@ def texts(cfg) -> dict[str, list[str]]:
     """Training pieces (the first `train_bytes` of the train split), M1's text (the first `m1_bytes`),
     and `val_pieces` held-out pieces spread evenly over the val split. Pieces are cut at line ends."""
     from ..data import load_corpus
-    from ..tokenizers.trained import _take
-    from .superbpe import cut
+    from ..data.pieces import take_bytes
+    from ..data.pieces import cut
     for key in ("train_bytes", "m1_bytes", "piece_bytes", "val_pieces"):
         if int(cfg[key]) <= 0:
             raise ValueError(f"{key} must be positive, got {cfg[key]}")
@@ -65,7 +65,7 @@ def texts(cfg) -> dict[str, list[str]]:
     pieces = lambda docs: [p for t in docs for p in cut(t, int(cfg.piece_bytes)) if p.strip()]
     val = pieces(load_corpus(cfg.corpus, "val"))
     idx = np.unique(np.linspace(0, len(val) - 1, min(len(val), int(cfg.val_pieces))).round().astype(int))
-    return {"train": pieces(_take(train_docs, int(cfg.train_bytes))), "m1": _take(train_docs, int(cfg.m1_bytes)),
+    return {"train": pieces(take_bytes(train_docs, int(cfg.train_bytes))), "m1": take_bytes(train_docs, int(cfg.m1_bytes)),
             "val": [val[i] for i in idx]}
 
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from .. import stats
 from ..claims import AtLeast, AtMost
+from ..data.pieces import cut
 from ..tokenization import superbpe as sb
 
 WHY_TOKENIZER = ("the smoke tokenizers (1k vocabulary, 80 kB of text) only exercise the pipeline; the "
@@ -46,30 +47,6 @@ def training_texts(cfg, key: str = "train_bytes_per_corpus") -> list[str]:
             if total >= cap:
                 break
     return out
-
-
-def cut(text: str, max_bytes: int) -> list[str]:
-    """`text` cut after line ends into pieces of at most `max_bytes` UTF-8 bytes (a longer line is cut at
-    a character boundary). Joined, the pieces give back `text`."""
-    pieces, cur, size = [], [], 0
-    for line in text.splitlines(keepends=True):
-        n = len(line.encode("utf-8"))
-        while n > max_bytes:  # an overlong line: cut it by characters
-            head = line.encode("utf-8")[:max_bytes].decode("utf-8", errors="ignore")
-            if cur:
-                pieces.append("".join(cur))
-                cur, size = [], 0
-            pieces.append(head)
-            line = line[len(head):]
-            n = len(line.encode("utf-8"))
-        if size + n > max_bytes and cur:
-            pieces.append("".join(cur))
-            cur, size = [], 0
-        cur.append(line)
-        size += n
-    if cur:
-        pieces.append("".join(cur))
-    return pieces
 
 
 def heldout_pieces(cfg) -> list[dict]:

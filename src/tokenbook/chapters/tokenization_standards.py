@@ -115,8 +115,8 @@ def train_lms(toks: dict, cfg, device: str, seed: int, progress: bool = True) ->
     from ..data import load_corpus
     from ..train.compare import train_lm
     lm = cfg.lm
-    from ..tokenizers.trained import _take
-    train_texts = _take(load_corpus(cfg.trained.corpus, "train"), lm.train_max_bytes)
+    from ..data.pieces import take_bytes
+    train_texts = take_bytes(load_corpus(cfg.trained.corpus, "train"), lm.train_max_bytes)
     val_texts = load_corpus(cfg.trained.corpus, "val")[: int(lm.val_docs)]
     out = {}
     for name, (tok, group) in toks.items():

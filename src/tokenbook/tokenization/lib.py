@@ -414,8 +414,9 @@ class LibTokenizer:
 
 
 def _cache_path(texts, cfg: LibConfig, label: str, max_bytes) -> tuple[Path, dict, list[str]]:
-    from ..tokenizers.trained import _take, _texts_sha
-    texts = _take(texts, max_bytes)
+    from ..data.pieces import take_bytes
+    from ..tokenizers.trained import _texts_sha
+    texts = take_bytes(texts, max_bytes)
     settings = {**asdict(cfg), "label": label, "max_bytes": max_bytes, "texts_sha256": _texts_sha(texts),
                 "format": FORMAT}
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]

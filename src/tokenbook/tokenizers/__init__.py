@@ -98,8 +98,8 @@ def reference_table() -> dict:
 
 def _sample(corpus: str, split: str, max_bytes: int | None) -> list[str]:
     from tokenbook.data import load_corpus
-    from .trained import _take
-    return _take(load_corpus(corpus, split=split), max_bytes)
+    from ..data.pieces import take_bytes
+    return take_bytes(load_corpus(corpus, split=split), max_bytes)
 
 
 def bytes_per_token_table(tokenizers: Iterable[str | Tokenizer] | None = None, corpora: Sequence[str] = (

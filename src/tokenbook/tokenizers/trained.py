@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .. import paths
+from ..data.pieces import take_bytes
 
 KINDS = ("bpe", "unigram", "byte", "char")
 DEFAULT_SPECIALS = ("<|endoftext|>", "<pad>")
@@ -37,19 +38,6 @@ def _texts_sha(texts: Sequence[str]) -> str:
         h.update(len(data).to_bytes(8, "little"))
         h.update(data)
     return h.hexdigest()
-
-
-def _take(texts: Sequence[str], max_bytes: int | None) -> list[str]:
-    if max_bytes is None:
-        return list(texts)
-    out, total = [], 0
-    for t in texts:
-        if total >= max_bytes:
-            break
-        data = t.encode("utf-8")[: max_bytes - total]
-        out.append(data.decode("utf-8", errors="ignore"))
-        total += len(data)
-    return out
 
 
 def _byte_level_parts():
@@ -142,7 +130,7 @@ def train(kind: str, corpus: str | Sequence[str] = "fortunes", vocab_size: int =
         corpus_name, texts = corpus, load_corpus(corpus, split=split)
     else:
         corpus_name, texts = "texts", list(corpus)
-    texts = _take(texts, max_bytes)
+    texts = take_bytes(texts, max_bytes)
     if kind == "byte":
         vocab_size = 256 + len(specials)
     import tokenizers
