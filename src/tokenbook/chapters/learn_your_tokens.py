@@ -44,17 +44,11 @@ WHY_SMOKE = "smoke models train for seconds: accuracies are near zero, the pipel
 def training_texts(cfg) -> list[str]:
     """The first `train_bytes` bytes of the corpus's train split, documents in corpus order."""
     from ..data import load_corpus
+    from ..data.pieces import take_bytes
     cap = int(cfg.train_bytes)
     if cap <= 0:
         raise ValueError(f"train_bytes must be positive, got {cap}")
-    out, total = [], 0
-    for t in load_corpus(cfg.corpus, "train"):
-        data = t.encode("utf-8")[: cap - total]
-        out.append(data.decode("utf-8", errors="ignore"))
-        total += len(data)
-        if total >= cap:
-            break
-    return out
+    return take_bytes(load_corpus(cfg.corpus, "train"), cap)
 
 
 def heldout_pieces(cfg) -> list[str]:

@@ -21,7 +21,7 @@ import numpy as np
 
 from .. import stats
 from ..claims import AtLeast, AtMost
-from ..data.pieces import cut
+from ..data.pieces import cut, take_bytes
 from ..tokenization import superbpe as sb
 
 WHY_TOKENIZER = ("the smoke tokenizers (1k vocabulary, 80 kB of text) only exercise the pipeline; the "
@@ -37,16 +37,7 @@ def training_texts(cfg, key: str = "train_bytes_per_corpus") -> list[str]:
     cap = int(cfg[key])
     if cap <= 0:
         raise ValueError(f"{key} must be positive, got {cap}")
-    out = []
-    for name in cfg.corpora:
-        total = 0
-        for t in load_corpus(name, "train"):
-            data = t.encode("utf-8")[: cap - total]
-            out.append(data.decode("utf-8", errors="ignore"))
-            total += len(data)
-            if total >= cap:
-                break
-    return out
+    return [t for name in cfg.corpora for t in take_bytes(load_corpus(name, "train"), cap)]
 
 
 def heldout_pieces(cfg) -> list[dict]:
