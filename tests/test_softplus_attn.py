@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from tokenbook.kernels.softplus_attention_reference import softplus_attention_reference
+from tokenbook.longctx import lengths
 from tokenbook.longctx import softplus as sp
 
 CFG = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
@@ -116,7 +117,7 @@ def test_a_few_training_steps_lower_the_loss():
 def test_nll_by_window_length_scores_the_same_text():
     model = sp.build_lm(CFG, 40, "softmax")
     tokens = torch.randint(3, 40, (3 * 64 + 5,))
-    out = sp.nll_by_window_length(model, tokens, [16, 32, 64], 64, batch_tokens=100)
+    out = lengths.nll_by_window_length(model, tokens, [16, 32, 64], 64, batch_tokens=100)
     assert set(out) == {16, 32, 64} and all(v.shape == (3,) for v in out.values())
     # window = block: block 1 equals the plain loss of that block
     x = tokens[64:128][None]
@@ -124,4 +125,4 @@ def test_nll_by_window_length_scores_the_same_text():
         ref = model(input_ids=x, labels=x).loss
     assert abs(out[64][1] - float(ref)) < 1e-5
     with pytest.raises(ValueError):
-        sp.nll_by_window_length(model, tokens, [24, 64], 64)
+        lengths.nll_by_window_length(model, tokens, [24, 64], 64)

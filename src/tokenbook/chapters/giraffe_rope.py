@@ -23,14 +23,11 @@ import numpy as np
 from .. import stats
 from ..claims import AtLeast, AtMost
 from ..config import to_dict
-from ..data import load_corpus
 from ..evaluation import paired_difference
 from ..learnability import FloorCheck
 from ..longctx import rope_variants as rv
-from ..longctx.softplus import nll_by_window_length
+from ..longctx.lengths import byte_streams, nll_by_window_length
 from ..train import TrainConfig, train
-from ..train.byte_tokenizer import ByteTokenizer
-from ..train.zoo import tokenize_docs
 
 LN2 = math.log(2.0)
 FT_ARMS = ("linear", "power", "truncated")
@@ -44,9 +41,8 @@ def arm_label(arm: str) -> str:
 
 
 def data(cfg) -> dict:
-    tok = ByteTokenizer()
-    return {"tokenizer": tok, "train": tokenize_docs(tok, load_corpus(cfg.corpus, "train")),
-            "val": tokenize_docs(tok, load_corpus(cfg.corpus, "val"))}
+    """Byte streams of the corpus: {"train": LongTensor, "val": LongTensor, "tokenizer"}."""
+    return byte_streams(cfg.corpus)
 
 
 def _check(cfg) -> None:

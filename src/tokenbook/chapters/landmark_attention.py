@@ -1,6 +1,6 @@
 """Experiment for the `landmark-attention` chapter: landmark retrieval vs full and sliding-window attention.
 
-- `data`: the byte streams of `softplus_attn.data` (same corpus loader); the training stream has a
+- `data`: the corpus's byte streams (`longctx.lengths.byte_streams`); the training stream has a
   share of passkey items mixed in (`passkey_fraction`), identical for both models;
 - `train_arms`: a vanilla and a landmark `LandmarkLM` (same size, init seed, data order and steps)
   trained at L bytes (`tokenbook.train.train`);
@@ -24,9 +24,8 @@ from ..config import to_dict
 from ..evaluation import paired_difference
 from ..learnability import FloorCheck
 from ..longctx import landmark as lm
-from ..longctx.softplus import nll_by_window_length
+from ..longctx.lengths import byte_streams, nll_by_window_length
 from ..train import TrainConfig, train
-from .softplus_attn import data as corpus_bytes
 
 LN2 = math.log(2.0)
 ARMS = ("full", "window", "landmark", "landmark_local")
@@ -49,7 +48,7 @@ def _check(cfg) -> None:
 def data(cfg, seed: int = 0) -> dict:
     """{"tokenizer", "train" (bytes with passkey sequences mixed in), "val" (plain held-out bytes), "n_passkey"}."""
     _check(cfg)
-    d = corpus_bytes(cfg)
+    d = byte_streams(cfg.corpus)
     L = int(cfg.train_len)
     seqs = d["train"][: len(d["train"]) // L * L].view(-1, L).clone()
     rng = np.random.default_rng(1000 + seed)

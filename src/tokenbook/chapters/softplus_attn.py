@@ -19,12 +19,10 @@ import numpy as np
 from .. import stats
 from ..claims import AtLeast, AtMost
 from ..config import to_dict
-from ..data import load_corpus
 from ..evaluation import paired_difference
+from ..longctx.lengths import byte_streams, nll_by_window_length
 from ..longctx import softplus as sp
 from ..train import TrainConfig, train
-from ..train.byte_tokenizer import ByteTokenizer
-from ..train.zoo import tokenize_docs
 
 LN2 = math.log(2.0)
 
@@ -35,9 +33,7 @@ def arm_label(arm: str) -> str:
 
 def data(cfg) -> dict:
     """Byte streams of the corpus: {"train": LongTensor, "val": LongTensor, "tokenizer"}."""
-    tok = ByteTokenizer()
-    return {"tokenizer": tok, "train": tokenize_docs(tok, load_corpus(cfg.corpus, "train")),
-            "val": tokenize_docs(tok, load_corpus(cfg.corpus, "val"))}
+    return byte_streams(cfg.corpus)
 
 
 def _check(cfg) -> None:
@@ -81,11 +77,11 @@ def evaluate(cfg, models: dict, d: dict, device: str) -> dict:
     for arm, (model, p) in arms.items():
         t0 = time.perf_counter()
         if p is None:
-            nll = sp.nll_by_window_length(model, tokens, lengths, block, device=device,
+            nll = nll_by_window_length(model, tokens, lengths, block, device=device,
                                           batch_tokens=int(cfg.eval_batch_tokens))
         else:
             with sp.reweighting(model, p):
-                nll = sp.nll_by_window_length(model, tokens, lengths, block, device=device,
+                nll = nll_by_window_length(model, tokens, lengths, block, device=device,
                                               batch_tokens=int(cfg.eval_batch_tokens))
         wall[arm] = time.perf_counter() - t0
         bits[arm] = {L: (v / LN2).tolist() for L, v in nll.items()}

@@ -28,7 +28,6 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -107,37 +106,3 @@ def reweighting(model, p: float):
         yield model
     finally:
         model.config.softplus_p = previous
-
-
-@torch.no_grad()
-def nll_by_window_length(model, tokens: torch.Tensor, lengths: list[int], block: int, *,
-                         device: str = "cpu", batch_tokens: int = 8192) -> dict[int, np.ndarray]:
-    """Per-block mean next-token loss (nats) of the same text, cut into windows of each length.
-
-    `tokens` (1-D) is cut into blocks of `block` tokens (block a multiple of every length); each
-    block is scored once per window length L as block/L independent windows of L tokens, every
-    window's first token unscored (it has no context). So every L scores the same targets, minus
-    the first token of each window, and differs only in how much context the model may use.
-    Returns {L: array [n_blocks]} — paired across lengths and arms, for a block bootstrap."""
-    if any(block % L for L in lengths):
-        raise ValueError(f"block {block} must be a multiple of every window length {lengths}")
-    n_blocks = len(tokens) // block
-    if n_blocks < 2:
-        raise ValueError(f"{len(tokens)} tokens give {n_blocks} blocks of {block}; need >= 2")
-    was = model.training
-    model.eval()
-    out = {}
-    for L in lengths:
-        windows = tokens[: n_blocks * block].view(n_blocks * block // L, L)
-        per = max(1, batch_tokens // L)
-        losses = []
-        for s in range(0, len(windows), per):
-            x = windows[s:s + per].to(device)
-            logits = model(input_ids=x).logits.float()
-            nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1),
-                                  reduction="none").view(len(x), L - 1)
-            losses.append(nll.sum(1).cpu())
-        per_window = torch.cat(losses).view(n_blocks, block // L)          # summed nll per window
-        out[L] = (per_window.sum(1) / ((L - 1) * (block // L))).numpy()    # mean nll per block
-    model.train(was)
-    return out
