@@ -7,6 +7,9 @@
 #   run "bash .ci/h200.sh push aa"   carry [".gguf/part-aa"]
 #   run "bash .ci/h200.sh push ab"   carry [".gguf/part-ab"]
 #   run "bash .ci/h200.sh run"       carry [".whl", ".gguf/SHA256"]   (timeout ≤ 600 s)
+# One call fits the kernel tests, the benchmarks and only a few chapters (240 s for chapters): name the
+# ones that matter most, e.g. run "CHAPTERS='tokcount-arith softplus-attn' bash .ci/h200.sh run"; without
+# CHAPTERS every built chapter runs in order until the time is up (each finished result is kept).
 # and back here: untar $OUT/results.tar.gz at the repo root, commit results/gpu and results/bench.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,7 +35,7 @@ case "${1:-}" in
     set +e
     timeout 90 python3 -m pytest -q tests/kernels 2>&1 | tail -5 | tee "$out/kernel-tests.txt"
     timeout 240 python3 -m tokenbook.kernels.bench_all --out results/bench 2>&1 | tail -40 | tee "$out/bench.txt"
-    timeout 240 python3 -m tokenbook run --scale gpu -o model.gguf_dir=/tmp/tokenbook-gguf 2>&1 | tail -40 | tee "$out/chapters.txt"
+    timeout 240 python3 -m tokenbook run ${CHAPTERS:-} --scale gpu -o model.gguf_dir=/tmp/tokenbook-gguf 2>&1 | tail -40 | tee "$out/chapters.txt"
     set -e
     tar czf "$out/results.tar.gz" results/gpu results/bench build/executed/gpu 2>/dev/null || true
     ls -la "$out" ;;
